@@ -1,0 +1,59 @@
+"""The `quantgrid` command line: thin wrappers, parse -> one library call -> print.
+
+Each journey has its own module with a ``register(app)`` function, so no module
+grows past a few hundred lines and heavy libraries (torch) load only inside the
+command that needs them: ``quantgrid --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+from typer.core import TyperGroup
+
+from quantgrid import __version__
+from quantgrid.cli import base, contrib, data, demo, evaluate, export, hub, recipe, serve, train
+from quantgrid.cli._common import report_error
+from quantgrid.errors import QuantGridError
+
+
+class _Group(TyperGroup):
+    """Turns every QuantGridError into one clear line plus a hint, never a traceback."""
+
+    def invoke(self, ctx):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except QuantGridError as e:
+            report_error(e)
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="quantgrid",
+    help="Train finance LoRA adapters on private data, prove them on a hub, merge and serve them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"quantgrid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Train finance LoRA adapters on private data, prove them on a hub, merge and serve them."""
+
+
+for _module in (demo, data, base, recipe, train, evaluate, contrib, hub, serve, export):
+    _module.register(app)
+
+
+def main() -> None:
+    app()

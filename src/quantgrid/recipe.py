@@ -1,0 +1,140 @@
+"""The one standardized recipe every contributor trains with.
+
+The hub owns a recipe and publishes it (``GET /v1/recipe``); contributors train with
+it; the hub checks every submission against it. Adapters trained with the same recipe
+have the same shapes and scaling, which is what makes an exact merge possible.
+
+This module imports without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from quantgrid.errors import ConfigError
+
+DEFAULT_BASE_MODEL = "mistralai/Mistral-7B-v0.1"
+PROMPT_TEMPLATES = ("qa", "context_qa", "alpaca", "mistral", "chat")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(_Strict):
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank")
+    alpha: float = Field(32, gt=0, description="LoRA alpha; the update is scaled by alpha / r")
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    dropout: float = Field(0.05, ge=0, lt=1)
+    bias: Literal["none"] = "none"
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("target_modules must name at least one module, e.g. q_proj")
+        if len(set(v)) != len(v):
+            raise ValueError(f"target_modules has duplicates: {v}")
+        return sorted(v)
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.r
+
+
+class TrainingSettings(_Strict):
+    epochs: float = Field(3, gt=0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(4, ge=1)
+    lr: float = Field(2e-4, gt=0, lt=1)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_length: int = Field(1024, ge=16)
+    seed: int = 42
+    eval_fraction: float = Field(0.05, ge=0, lt=0.5)
+    early_stopping_patience: int | None = Field(None, ge=1)
+
+
+class Recipe(_Strict):
+    """Base model + LoRA + training defaults + prompt template. Hash it with ``.hash()``."""
+
+    base_model: str = DEFAULT_BASE_MODEL
+    base_revision: str = "main"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    prompt_template: str = "qa"
+    system_prompt: str = "You are a careful financial analyst. Answer precisely and show the numbers."
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        if v not in PROMPT_TEMPLATES:
+            raise ValueError(f"unknown prompt_template {v!r}; choose one of {', '.join(PROMPT_TEMPLATES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _base(self) -> Recipe:
+        if not self.base_model.strip():
+            raise ValueError("base_model is empty; give a Hugging Face id or a local path")
+        return self
+
+    # ---- identity ----
+    def canonical_json(self) -> str:
+        """Key-order independent JSON: the same settings always give the same text."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def standard_fields_differ(self, standard: Recipe) -> list[str]:
+        """Names of the LoRA settings that differ from ``standard`` (non-standard adapter)."""
+        mine, theirs = self.lora.model_dump(), standard.lora.model_dump()
+        return [f"lora.{k}" for k in mine if k != "dropout" and mine[k] != theirs[k]]
+
+    # ---- YAML ----
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def save(self, path: str | Path) -> Path:
+        from quantgrid.utils import atomic_write_text
+
+        return atomic_write_text(Path(path), self.to_yaml())
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "recipe") -> Recipe:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"invalid {source}: {format_validation_error(e)}",
+                              hint="fix the value named above; `quantgrid recipe show` prints a valid recipe") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe file not found: {p}", hint="pass a YAML file written by `quantgrid recipe show`")
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: a recipe is a YAML mapping, got {type(data).__name__}")
+        return cls.from_dict(data, source=str(p))
+
+
+def format_validation_error(e: ValidationError, flag_names: dict[str, str] | None = None) -> str:
+    """One line per problem, naming the field (or the user's CLI flag for it)."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        name = (flag_names or {}).get(loc, loc)
+        parts.append(f"{name}: {err['msg']}")
+    return "; ".join(parts)

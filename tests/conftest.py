@@ -1,0 +1,22 @@
+"""Session fixtures shared by every test: the offline tiny base, built once."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never touch the network: no hub downloads, no telemetry.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> str:
+    """Path of a 2-layer, 64-wide Llama with a BPE tokenizer trained on the finance data."""
+    pytest.importorskip("torch")
+    from quantgrid.ml.models import build_tiny_base
+
+    return str(build_tiny_base(tmp_path_factory.mktemp("bases") / "tiny-test", size="test", seed=0))
