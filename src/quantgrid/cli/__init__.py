@@ -11,7 +11,21 @@ import typer
 from typer.core import TyperGroup
 
 from quantgrid import __version__
-from quantgrid.cli import base, contrib, data, demo, evaluate, export, hub, recipe, serve, train
+from quantgrid.cli import (
+    base,
+    contrib,
+    data,
+    demo,
+    evaluate,
+    export,
+    hub,
+    hub_release,
+    hub_validation,
+    package,
+    recipe,
+    serve,
+    train,
+)
 from quantgrid.cli._common import report_error
 from quantgrid.errors import QuantGridError
 
@@ -51,7 +65,9 @@ def _root(
     """Train finance LoRA adapters on private data, prove them on a hub, merge and serve them."""
 
 
-for _module in (demo, data, base, recipe, train, evaluate, contrib, hub, serve, export):
+# Order is the order of `quantgrid --help`: the contributor journey first.
+for _module in (demo, data, base, recipe, train, evaluate, package, contrib, hub, hub_validation, hub_release,
+                serve, export):
     _module.register(app)
 
 
