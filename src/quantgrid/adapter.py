@@ -102,3 +102,308 @@ def read_manifest(adapter_dir: str | Path) -> Manifest:
 def is_adapter_dir(path: str | Path) -> bool:
     p = Path(path)
     return (p / CONFIG).is_file() and (p / MANIFEST).is_file()
+
+
+# ---------------------------------------------------------------- the submission file set
+
+# DESIGN §5: the only entries a submission may hold. Raw data (training/dataset.jsonl)
+# is deliberately not matched: it never leaves the contributor's machine.
+ALLOWED_TOP = frozenset({CONFIG, WEIGHTS, MANIFEST, "README.md"})
+ALLOWED_DIRS = {"training": (".yaml", ".md", ".png"), "eval": (".json", ".jsonl")}
+
+
+def is_allowed_file(rel: str) -> bool:
+    """True for a relative posix path a submission may contain."""
+    if rel in ALLOWED_TOP:
+        return True
+    parts = rel.split("/")
+    return (len(parts) == 2 and parts[0] in ALLOWED_DIRS and parts[1] not in ("", ".", "..")
+            and not parts[1].startswith(".") and parts[1].endswith(ALLOWED_DIRS[parts[0]]))
+
+
+def submission_files(adapter_dir: str | Path) -> tuple[list[str], list[str]]:
+    """(files to package, files left out) of an adapter directory, as sorted relative paths.
+
+    Left out: raw data, anything off the allowlist, symlinks and hidden files.
+    """
+    adapter_dir = Path(adapter_dir)
+    keep, leave = [], []
+    for p in sorted(adapter_dir.rglob("*")):
+        rel = p.relative_to(adapter_dir).as_posix()
+        if p.is_dir() and not p.is_symlink():
+            continue
+        if p.is_file() and not p.is_symlink() and is_allowed_file(rel) and rel not in RAW_DATA_FILES:
+            keep.append(rel)
+        else:
+            leave.append(rel)
+    return keep, leave
+
+
+def build_submission_zip(adapter_dir: str | Path, out_path: str | Path, manifest: Manifest) -> Path:
+    """Write the zip atomically: the allowed files plus ``manifest`` (which must hash exactly them).
+
+    Entries are deflated, in sorted order, with a fixed timestamp, so the same adapter
+    gives the same bytes (and so the same sha256) every time.
+    """
+    import zipfile
+
+    from quantgrid.utils import atomic_path
+
+    adapter_dir = Path(adapter_dir)
+    names = sorted(manifest.files)
+    with atomic_path(out_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for rel in names:
+            info = zipfile.ZipInfo(rel, date_time=(2020, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o100644 << 16
+            zf.writestr(info, (adapter_dir / rel).read_bytes())
+        info = zipfile.ZipInfo(MANIFEST, date_time=(2020, 1, 1, 0, 0, 0))
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = 0o100644 << 16
+        zf.writestr(info, manifest.model_dump_json(indent=2))
+    return Path(out_path)
+
+
+# ---------------------------------------------------------------- stage 1: static checks
+
+# Where PEFT puts each LoRA target in a Llama-family model, and the (in, out) sizes of it.
+_PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+           "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+_FINGERPRINT_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "vocab_size")
+
+
+class BaseShape(BaseModel):
+    """The sizes of the hub's base model that fix every LoRA tensor's shape (from config.json)."""
+
+    name: str
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    fingerprint: str
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], name: str) -> BaseShape:
+        import hashlib
+
+        heads = int(cfg["num_attention_heads"])
+        payload = {k: cfg.get(k) for k in _FINGERPRINT_KEYS}
+        return cls(
+            name=name, model_type=cfg["model_type"], num_layers=cfg["num_hidden_layers"],
+            hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"], num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // heads, vocab_size=cfg["vocab_size"],
+            # Same fingerprint as quantgrid.ml.models.base_info, without loading transformers.
+            fingerprint=hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16],
+        )
+
+    @classmethod
+    def from_dir(cls, base_dir: str | Path) -> BaseShape:
+        """Read a local base model directory's config.json (and quantgrid_base.json name)."""
+        from quantgrid.errors import ModelError
+
+        d = Path(base_dir)
+        if not (d / "config.json").is_file():
+            raise ModelError(f"{base_dir} has no config.json", hint="the hub's base must be a local model directory")
+        cfg = json.loads((d / "config.json").read_text(encoding="utf-8"))
+        name = str(base_dir)
+        if (d / "quantgrid_base.json").is_file():
+            name = json.loads((d / "quantgrid_base.json").read_text(encoding="utf-8"))["name"]
+        return cls.from_config(cfg, name)
+
+    def module_dims(self, module: str) -> tuple[int, int]:
+        """(in_features, out_features) of one projection in every layer."""
+        h, q, kv, i = (self.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim,
+                       self.intermediate_size)
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}[module]
+
+
+def expected_lora_shapes(recipe: Recipe, base: BaseShape) -> dict[str, tuple[int, ...]]:
+    """Exactly the tensors (PEFT's saved names) and shapes a recipe-conforming adapter has."""
+    from quantgrid.errors import ConfigError
+
+    r = recipe.lora.r
+    out: dict[str, tuple[int, ...]] = {}
+    for module in recipe.lora.target_modules:
+        if module not in _PARENT:
+            raise ConfigError(f"the hub recipe targets {module!r}, which quantgrid cannot check",
+                              hint=f"target modules must be among {', '.join(_PARENT)}")
+        d_in, d_out = base.module_dims(module)
+        for layer in range(base.num_layers):
+            prefix = f"base_model.model.model.layers.{layer}.{_PARENT[module]}.{module}"
+            out[f"{prefix}.lora_A.weight"] = (r, d_in)
+            out[f"{prefix}.lora_B.weight"] = (d_out, r)
+    return out
+
+
+class StaticLimits(BaseModel):
+    """The hub's knobs for stage 1 (all have safe defaults)."""
+
+    max_abs: float = 1e3
+    outlier_factor: float = 100.0
+    caps: dict[str, int | float] = Field(default_factory=dict, description="overrides of archive.Caps fields")
+
+
+class CheckedSubmission(BaseModel):
+    """A submission that passed stage 1: its files in memory and what was learned about them."""
+
+    model_config = {"arbitrary_types_allowed": True}
+
+    files: dict[str, bytes]
+    manifest: Manifest
+    config: dict[str, Any]
+    notes: list[str] = Field(default_factory=list, description="things noticed and deliberately ignored")
+    tensor_norms: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def weights(self) -> bytes:
+        return self.files[WEIGHTS]
+
+
+def _fail(check: str, message: str, hint: str | None = None):
+    from quantgrid.errors import ValidationError
+
+    return ValidationError(message, hint=hint, check=check)
+
+
+def _json_entry(files: dict[str, bytes], name: str, check: str) -> dict[str, Any]:
+    try:
+        value = json.loads(files[name].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise _fail(check, f"{name} is not valid JSON ({str(e)[:80]})") from None
+    if not isinstance(value, dict):
+        raise _fail(check, f"{name} must be a JSON object")
+    return value
+
+
+# Flags that change the update's form or scale, so it can no longer be merged exactly
+# with other recipe adapters or served as a plain LoRA.
+_REJECTED_FLAGS = {
+    "use_dora": ("config.dora", "DoRA adapters cannot be merged with plain LoRA adapters"),
+    "use_rslora": ("config.rslora", "rsLoRA changes the scaling to alpha/sqrt(r), unlike the recipe"),
+    "lora_bias": ("config.bias", "LoRA bias terms are not part of the recipe"),
+    "modules_to_save": ("config.modules_to_save", "modules_to_save ships full copies of base layers"),
+    "trainable_token_indices": ("config.embedding", "trainable token embeddings are not part of the recipe"),
+    "rank_pattern": ("config.patterns", "per-module ranks break the exact merge"),
+    "alpha_pattern": ("config.patterns", "per-module alphas break the exact merge"),
+    "layers_to_transform": ("config.patterns", "the recipe adapts every layer"),
+    "target_parameters": ("config.target_modules", "parameter targets are not part of the recipe"),
+    "fan_in_fan_out": ("config.layout", "fan_in_fan_out is for GPT-2-style Conv1D layers, not this base"),
+}
+
+
+def check_adapter_config(cfg: dict[str, Any], recipe: Recipe, base: BaseShape) -> list[str]:
+    """Reject settings that break merging or serving; return notes on ignored loader hints."""
+    hint = "train with the hub's recipe: `quantgrid train --hub URL`"
+    if cfg.get("peft_type") != "LORA":
+        raise _fail("config.peft_type", f"adapter_config.json has peft_type {cfg.get('peft_type')!r}, not 'LORA'", hint)
+    for key, (check, why) in _REJECTED_FLAGS.items():
+        if cfg.get(key):
+            raise _fail(check, f"adapter_config.json sets {key}={str(cfg[key])[:60]}: {why}", hint)
+    if cfg.get("bias", "none") != "none":
+        raise _fail("config.bias", f"adapter_config.json sets bias={cfg.get('bias')!r}; the recipe uses 'none'", hint)
+    r = cfg.get("r")
+    if not (isinstance(r, int) and not isinstance(r, bool)) or r != recipe.lora.r:
+        raise _fail("config.rank", f"adapter rank r={r!r} differs from the recipe's r={recipe.lora.r}", hint)
+    alpha = cfg.get("lora_alpha")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or abs(float(alpha) - recipe.lora.alpha) > 1e-9:
+        raise _fail("config.alpha", f"adapter lora_alpha={alpha!r} differs from the recipe's {recipe.lora.alpha:g}", hint)
+    targets = cfg.get("target_modules")
+    if not isinstance(targets, list) or sorted(map(str, targets)) != sorted(recipe.lora.target_modules):
+        raise _fail("config.target_modules", f"adapter target_modules={str(targets)[:80]} differ from the recipe's "
+                                             f"{recipe.lora.target_modules}", hint)
+    notes = []
+    if cfg.get("auto_mapping"):
+        notes.append("adapter_config.json auto_mapping ignored: the hub chooses the model classes")
+    named = cfg.get("base_model_name_or_path")
+    if named and named != base.name and named != recipe.base_model:
+        notes.append(f"adapter_config.json base_model_name_or_path={str(named)[:80]!r} ignored: "
+                     f"the hub evaluates on its own base {base.name!r}")
+    return notes
+
+
+def check_weights(data: bytes, recipe: Recipe, base: BaseShape, limits: StaticLimits) -> dict[str, float]:
+    """Header bounds, dtypes, the exact key set and shapes, then NaN/Inf and norm outliers."""
+    from quantgrid.safetensors_check import check_values, parse_header
+
+    tensors, _meta = parse_header(data)
+    expected = expected_lora_shapes(recipe, base)
+    extra = sorted(set(tensors) - set(expected))
+    embedding = [k for k in extra if "embed_tokens" in k or "lm_head" in k]
+    if embedding:
+        raise _fail("weights.embedding", f"the weights hold embedding/lm_head tensors ({embedding[0]!r}); "
+                                         "adapters may only touch the recipe's target modules")
+    if extra:
+        raise _fail("weights.keys", f"the weights hold {len(extra)} tensors the recipe does not produce, "
+                                    f"e.g. {extra[0]!r}", "train with the hub's recipe and base")
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise _fail("weights.keys", f"the weights lack {len(missing)} tensors the recipe produces, e.g. "
+                                    f"{missing[0]!r}", "train with the hub's recipe and base")
+    for name, shape in expected.items():
+        if tensors[name].shape != shape:
+            raise _fail("weights.shapes", f"tensor {name!r} has shape {list(tensors[name].shape)}, but the hub's "
+                                          f"base and recipe give {list(shape)}",
+                        "the adapter was trained for another base model or rank")
+    stats = check_values(data, tensors, max_abs=limits.max_abs, outlier_factor=limits.outlier_factor)
+    return {s.name: s.norm for s in stats}
+
+
+def check_manifest(files: dict[str, bytes], base: BaseShape) -> Manifest:
+    """The manifest parses, names the hub's base, and hashes exactly the other files."""
+    import hashlib
+
+    from pydantic import ValidationError as PydanticError
+
+    try:
+        manifest = Manifest.model_validate(_json_entry(files, MANIFEST, "manifest.invalid"))
+    except PydanticError as e:
+        raise _fail("manifest.invalid", f"quantgrid.json is not a valid manifest: {str(e).splitlines()[0][:120]}",
+                    "re-create it with `quantgrid package`") from None
+    if manifest.base_model.fingerprint != base.fingerprint:
+        raise _fail("manifest.base", f"the adapter was trained for base {manifest.base_model.name!r} "
+                                     f"(fingerprint {manifest.base_model.fingerprint}), not the hub's base "
+                                     f"{base.name!r} ({base.fingerprint})",
+                    "train on the hub's base: `quantgrid train --hub URL`")
+    listed, present = set(manifest.files), set(files) - {MANIFEST}
+    if listed != present:
+        diff = sorted(listed ^ present)
+        raise _fail("manifest.hash", f"quantgrid.json lists different files than the archive holds ({diff[0]!r})",
+                    "re-create the package with `quantgrid package`")
+    for name in sorted(present):
+        if hashlib.sha256(files[name]).hexdigest() != manifest.files[name]:
+            raise _fail("manifest.hash", f"{name} does not match its sha256 in quantgrid.json",
+                        "the file changed after packaging; re-run `quantgrid package`")
+    return manifest
+
+
+def check_submission(data: bytes, recipe: Recipe, base: BaseShape,
+                     limits: StaticLimits | None = None) -> CheckedSubmission:
+    """Stage 1, the entry point for untrusted bytes: a CheckedSubmission or a ValidationError.
+
+    Torch-free, in memory, and total: every input either passes or raises
+    ``ValidationError`` whose ``check`` names the rule (``archive.*``, ``safetensors.*``,
+    ``weights.*``, ``config.*``, ``manifest.*``).
+    """
+    from quantgrid.archive import Caps, read_zip
+
+    limits = limits or StaticLimits()
+    caps = Caps(**limits.caps)
+    files = read_zip(data, allowed=is_allowed_file, caps=caps, allowed_dirs=frozenset(ALLOWED_DIRS))
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise _fail("archive.missing", f"the archive has no {name}", "build it with `quantgrid package`")
+    for name, body in files.items():
+        if name.endswith(".png") and not body.startswith(b"\x89PNG\r\n\x1a\n"):
+            raise _fail("archive.content", f"{name} is not a PNG image")
+    manifest = check_manifest(files, base)
+    config = _json_entry(files, CONFIG, "config.invalid")
+    notes = check_adapter_config(config, recipe, base)
+    norms = check_weights(files[WEIGHTS], recipe, base, limits)
+    return CheckedSubmission(files=files, manifest=manifest, config=config, notes=notes, tensor_norms=norms)

@@ -270,7 +270,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     tok.train_from_iterator(texts, trainer=trainer)
     bos = tok.token_to_id("<s>")
     # Prepend <s> like Llama, so GGUF consumers (add_bos_token) see the same ids.
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                                    pad_token="<pad>", add_bos_token=True)
     fast.chat_template = CHAT_TEMPLATE

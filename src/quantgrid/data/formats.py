@@ -1,0 +1,411 @@
+"""Every dataset schema users bring -> ``Example``; a registry, auto-detection, file:line errors.
+
+A file is a JSON array or JSONL (one object per line). Its schema is detected from the
+first good record, and every record must then use that schema (``format=`` overrides
+the detection). Every problem is reported with the file, the line (JSONL) or index
+(JSON array) and what is wrong; ``lenient=True`` skips bad records and lists them.
+
+Formats are a registry (``FORMATS``): each knows its required keys, how to turn a
+record into an ``Example`` (``parse``) and how to write one back (``dump``), so
+``data normalize`` writes the schema it read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantgrid.data.types import Example
+from quantgrid.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# A dataset is read into memory; anything larger than this is almost surely the wrong file.
+MAX_DATASET_BYTES = 512 * 1024 * 1024
+
+QA_EXTRAS = ("rationale", "tickers", "citations", "context_required", "risk_note")
+ANSWER_MARKERS = ("Answer:", "### Response:", "[/INST]")
+
+
+class RecordError(ValueError):
+    """A problem with one record; the loader adds the file and line."""
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    required: tuple[str, ...]
+    description: str
+    parse: Callable[[dict[str, Any]], Example]
+    dump: Callable[[Example], dict[str, Any]]
+
+
+FORMATS: dict[str, Format] = {}
+
+
+def register_format(fmt: Format) -> Format:
+    FORMATS[fmt.name] = fmt
+    return fmt
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _text(rec: dict, key: str, *, allow_empty: bool = False, allow_number: bool = False) -> str:
+    v = rec.get(key)
+    if allow_number and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return repr(v) if isinstance(v, float) else str(v)
+    if not isinstance(v, str):
+        kinds = "a string or a number" if allow_number else "a string"
+        raise RecordError(f"field {key!r} must be {kinds}, got {_kind(v)}")
+    if not allow_empty and not v.strip():
+        raise RecordError(f"field {key!r} is empty")
+    return v
+
+
+def _completion(rec: dict, key: str, *, allow_number: bool = False) -> str:
+    v = _text(rec, key, allow_empty=True, allow_number=allow_number)
+    if not v.strip():
+        raise RecordError(f"empty completion: field {key!r} has no text to train on")
+    return v
+
+
+def _optional_text(rec: dict, key: str) -> str | None:
+    v = rec.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise RecordError(f"field {key!r} must be a string, got {_kind(v)}")
+    return v or None
+
+
+def _kind(v: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(v), type(v).__name__)
+
+
+def _extras(rec: dict, used: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in rec.items() if k not in used}
+
+
+# ---------------------------------------------------------------- the formats
+
+
+def _parse_text(rec: dict) -> Example:
+    text = _completion(rec, "text")
+    extras = _extras(rec, {"text"})
+    for marker in ANSWER_MARKERS:
+        head, sep, tail = text.partition(marker)
+        if sep and tail.strip() and head.strip():
+            context, prompt = _split_headers(head)
+            return Example(prompt=prompt, completion=tail.strip(), context=context, meta=extras)
+    # No answer marker: train on the whole text.
+    return Example(prompt="", completion=text, meta=extras)
+
+
+def _split_headers(head: str) -> tuple[str | None, str]:
+    """'Context: c\\nQuestion: q\\n' -> (c, q); any other head is the prompt as it is."""
+    m = re.fullmatch(r"\s*(?:Context:\s*(?P<c>.*?)\s*\n)?\s*Question:\s*(?P<q>.*?)\s*", head, re.S)
+    if m:
+        return (m.group("c") or None), m.group("q")
+    return None, head.strip()
+
+
+def _dump_text(ex: Example) -> dict:
+    if not ex.prompt:
+        return {"text": ex.completion}
+    head = f"Context: {ex.context}\n" if ex.context else ""
+    return {"text": f"{head}Question: {ex.prompt}\nAnswer: {ex.completion}", **_plain_meta(ex)}
+
+
+def _parse_instruction(rec: dict) -> Example:
+    out_key = "output" if "output" in rec else "completion"
+    prompt = _text(rec, "instruction")
+    context = _optional_text(rec, "input") if "input" in rec else None
+    return Example(prompt=prompt, completion=_completion(rec, out_key), context=context,
+                   meta=_extras(rec, {"instruction", "input", out_key}))
+
+
+def _dump_alpaca(ex: Example) -> dict:
+    return {"instruction": ex.prompt, "input": ex.context or "", "output": ex.completion, **_plain_meta(ex)}
+
+
+def _dump_instruction_output(ex: Example) -> dict:
+    d = {"instruction": ex.prompt, "output": ex.completion}
+    if ex.context:
+        d["input"] = ex.context
+    return {**d, **_plain_meta(ex)}
+
+
+def _dump_instruction_completion(ex: Example) -> dict:
+    d = {"instruction": ex.prompt, "completion": ex.completion}
+    if ex.context:
+        d["input"] = ex.context
+    return {**d, **_plain_meta(ex)}
+
+
+def _parse_qa(rec: dict) -> Example:
+    meta = _extras(rec, {"question", "answer", "context"})
+    answer = rec.get("answer")
+    completion = _completion(rec, "answer", allow_number=True)
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+        meta.setdefault("answer_value", float(answer))
+    for key in ("tickers",):
+        if key in rec and not (isinstance(rec[key], list) and all(isinstance(t, str) for t in rec[key])):
+            raise RecordError(f"field {key!r} must be an array of strings, got {_kind(rec[key])}")
+    if "citations" in rec and not isinstance(rec["citations"], list):
+        raise RecordError(f"field 'citations' must be an array, got {_kind(rec['citations'])}")
+    if "context_required" in rec and not isinstance(rec["context_required"], bool):
+        raise RecordError(f"field 'context_required' must be true or false, got {_kind(rec['context_required'])}")
+    for key in ("rationale", "risk_note"):
+        _optional_text(rec, key)
+    return Example(prompt=_text(rec, "question"), completion=completion,
+                   context=_optional_text(rec, "context"), meta=meta)
+
+
+def _dump_qa(ex: Example) -> dict:
+    return ex.to_dict()
+
+
+def _parse_messages(rec: dict) -> Example:
+    msgs = rec.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise RecordError(f"field 'messages' must be a non-empty array, got {_kind(msgs)}")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise RecordError(f"messages[{i}] must be an object with string 'role' and 'content'")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise RecordError(f"messages[{i}] has role {m['role']!r}; use system, user or assistant")
+    if msgs[-1]["role"] != "assistant":
+        raise RecordError("the last message must be the assistant's answer (role 'assistant')")
+    if not msgs[-1]["content"].strip():
+        raise RecordError("empty completion: the last assistant message has no text")
+    if len(msgs) < 2 or msgs[-2]["role"] != "user":
+        raise RecordError("the assistant's answer must follow a user message")
+    if not msgs[-2]["content"].strip():
+        raise RecordError(f"messages[{len(msgs) - 2}] (user) is empty")
+    meta = _extras(rec, {"messages"})
+    system = [m["content"] for m in msgs if m["role"] == "system"]
+    if system:
+        meta["system"] = "\n".join(system)
+    history = [{"role": m["role"], "content": m["content"]} for m in msgs[:-2] if m["role"] != "system"]
+    if history:
+        meta["history"] = history
+    return Example(prompt=msgs[-2]["content"], completion=msgs[-1]["content"], meta=meta)
+
+
+def _dump_messages(ex: Example) -> dict:
+    msgs = []
+    if ex.meta.get("system"):
+        msgs.append({"role": "system", "content": ex.meta["system"]})
+    msgs += list(ex.meta.get("history", []))
+    user = f"Context: {ex.context}\n\n{ex.prompt}" if ex.context else ex.prompt
+    msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": ex.completion}]
+    return {"messages": msgs, **_plain_meta(ex, skip=("system", "history"))}
+
+
+def _plain_meta(ex: Example, skip: tuple[str, ...] = ()) -> dict:
+    return {k: v for k, v in ex.meta.items() if k not in ("source", "line", *skip)}
+
+
+# Most specific first: detection picks the first whose required keys a record has.
+for _f in (
+    Format("messages", ("messages",), "OpenAI chat: {messages: [{role, content}, ...]}", _parse_messages, _dump_messages),
+    Format("alpaca", ("instruction", "input", "output"), "Alpaca / LocoLLM: {instruction, input, output}",
+           _parse_instruction, _dump_alpaca),
+    Format("instruction_output", ("instruction", "output"), "{instruction, output}",
+           _parse_instruction, _dump_instruction_output),
+    Format("instruction_completion", ("instruction", "completion"), "{instruction, completion}",
+           _parse_instruction, _dump_instruction_completion),
+    Format("qa", ("question", "answer"), "{question, answer} + optional context, rationale, tickers, "
+           "citations, context_required, risk_note", _parse_qa, _dump_qa),
+    Format("text", ("text",), '{text: "Question: ...\\nAnswer: ..."}; no answer marker trains on the whole text',
+           _parse_text, _dump_text),
+):
+    register_format(_f)
+
+
+def detect_format(record: Any) -> Format | None:
+    if not isinstance(record, dict):
+        return None
+    for fmt in FORMATS.values():
+        if all(k in record for k in fmt.required):
+            return fmt
+    return None
+
+
+def get_format(name: str) -> Format:
+    try:
+        return FORMATS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset format {name!r}",
+                        hint=f"choose one of: {', '.join(FORMATS)} (or leave --format out to detect it)") from None
+
+
+# ---------------------------------------------------------------- reading files
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """One record ``lenient`` loading skipped: where it is and why."""
+
+    location: str
+    reason: str
+
+
+@dataclass
+class LoadReport:
+    source: str
+    format: str
+    examples: list[Example]
+    skipped: list[Skipped] = field(default_factory=list)
+    container: str = "jsonl"  # "jsonl" or "json"
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+
+def _read_bytes(path: Path, max_bytes: int) -> bytes:
+    if not path.exists():
+        raise DataError(f"{path}: no such file", hint="check the path, or use a built-in set: `quantgrid data list`")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a dataset file", hint="pass a .jsonl or .json file")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise DataError(
+            f"{path}: {size / 2**20:.1f} MiB is too large to be a dataset (limit {max_bytes / 2**20:.0f} MiB)",
+            hint="check that this is the right file, or split it into several smaller files")
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataError(f"{path}: the file is empty", hint="a dataset is a JSON array or JSONL with one record per line")
+    return data
+
+
+def _decode(path: Path, data: bytes, where: str = "") -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        loc = where or f"line {line}"
+        raise DataError(f"{path} {loc}: not UTF-8 text (byte 0x{data[e.start]:02x})",
+                        hint="save the file as UTF-8") from None
+
+
+def _records(path: Path, data: bytes, lenient: bool, skipped: list[Skipped]) -> tuple[str, list[tuple[str, Any]]]:
+    """(container, [(location, record)]) with JSON/UTF-8 problems raised or, lenient, skipped."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if data.lstrip()[:1] == b"[":
+        text = _decode(path, data)
+        try:
+            arr = json.loads(text)
+        except json.JSONDecodeError as e:
+            # One broken record breaks a whole JSON array: there is nothing to skip to.
+            raise DataError(f"{path} line {e.lineno} column {e.colno}: invalid JSON: {e.msg}",
+                            hint="fix the JSON there, or use JSONL (one record per line) so --lenient can skip it"
+                            ) from None
+        if not arr:
+            raise DataError(f"{path}: the JSON array has no records", hint="add records, or pass another file")
+        return "json", [(f"index {i}", r) for i, r in enumerate(arr)]
+    if data.lstrip()[:1] == b"{" and data.strip().count(b"\n") > 0:
+        # One pretty-printed object spread over lines is not a dataset (JSONL is one object per line).
+        try:
+            obj = json.loads(data.decode("utf-8", errors="replace"))
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            raise DataError(f"{path}: a JSON file must hold an array of records, got one object",
+                            hint="wrap the records in [ ... ] or write one record per line (JSONL)")
+    out: list[tuple[str, Any]] = []
+    for i, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        loc = f"line {i}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            _fail(path, loc, f"not UTF-8 text (byte 0x{raw[e.start]:02x})", lenient, skipped, hint="save the file as UTF-8")
+            continue
+        try:
+            out.append((loc, json.loads(line)))
+        except json.JSONDecodeError as e:
+            _fail(path, loc, f"invalid JSON: {e.msg} (column {e.colno})", lenient, skipped,
+                  hint="each line of a JSONL file must be one complete JSON object")
+    return "jsonl", out
+
+
+def _fail(path: Path, loc: str, reason: str, lenient: bool, skipped: list[Skipped], hint: str | None = None) -> None:
+    if not lenient:
+        raise DataError(f"{path} {loc}: {reason}",
+                        hint=hint or "fix the record, or pass --lenient to skip bad records")
+    skipped.append(Skipped(loc, reason))
+
+
+def read_file(path: str | Path, *, format: str | None = None, lenient: bool = False,
+              max_bytes: int | None = None) -> LoadReport:
+    """Read a JSON-array or JSONL dataset file into Examples (see the module docstring)."""
+    path = Path(path)
+    fmt = get_format(format) if format else None
+    data = _read_bytes(path, MAX_DATASET_BYTES if max_bytes is None else max_bytes)
+    skipped: list[Skipped] = []
+    container, records = _records(path, data, lenient, skipped)
+    examples: list[Example] = []
+    detected_at = None
+    for loc, rec in records:
+        if not isinstance(rec, dict):
+            _fail(path, loc, f"a record must be a JSON object, got {_kind(rec)}", lenient, skipped)
+            continue
+        if fmt is None:
+            fmt = detect_format(rec)
+            if fmt is None:
+                _fail(path, loc, f"unknown schema with keys {sorted(rec)}", lenient, skipped,
+                      hint=f"use one of: {_schemas()}; or pass --format")
+                continue
+            detected_at = loc
+        if not all(k in rec for k in fmt.required):
+            other = detect_format(rec)
+            origin = f"detected from {detected_at}" if detected_at else "given by --format"
+            if other is not None and other.name != fmt.name:
+                reason = (f"mixed schemas: this record is {other.name!r} but the file is {fmt.name!r} ({origin})")
+                hint = "use one schema per file: convert the records, or split the file"
+            else:
+                missing = [k for k in fmt.required if k not in rec]
+                reason = f"missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} " \
+                         f"(format {fmt.name!r}, {origin})"
+                hint = None
+            _fail(path, loc, reason, lenient, skipped, hint=hint)
+            continue
+        try:
+            ex = fmt.parse(rec)
+        except RecordError as e:
+            _fail(path, loc, str(e), lenient, skipped)
+            continue
+        examples.append(Example(ex.prompt, ex.completion, ex.context,
+                                {**ex.meta, "source": path.name, "line": loc}))
+    if not examples:
+        why = f"; all {len(skipped)} records were bad, e.g. {skipped[0].location}: {skipped[0].reason}" if skipped else ""
+        raise DataError(f"{path}: no usable records{why}", hint="fix the file, or check you passed the right one")
+    if skipped:
+        log.warning("%s: skipped %d bad record(s): %s", path, len(skipped),
+                    ", ".join(s.location for s in skipped[:20]) + (" ..." if len(skipped) > 20 else ""))
+    return LoadReport(source=str(path), format=fmt.name if fmt else "?", examples=examples, skipped=skipped,
+                      container=container)
+
+
+def _schemas() -> str:
+    return " | ".join("+".join(f.required) for f in FORMATS.values())
+
+
+def write_records(path: str | Path, examples: list[Example], format: str = "qa") -> Path:
+    """Write ``examples`` as JSONL in ``format``, atomically (no half-written file on error)."""
+    from quantgrid.utils import atomic_write_text
+
+    dump = get_format(format).dump
+    text = "".join(json.dumps(dump(ex), ensure_ascii=False) + "\n" for ex in examples)
+    return atomic_write_text(path, text)

@@ -1,0 +1,316 @@
+"""A job queue in the hub's database, safe for several workers on several machines.
+
+Lifecycle: ``queued -> running -> done | failed``.
+
+* **Claim** is one compare-and-set ``UPDATE jobs SET status='running' ... WHERE id = (oldest
+  queued) AND status = 'queued' RETURNING id``. SQLite serialises writers; on PostgreSQL the
+  inner SELECT uses ``FOR UPDATE SKIP LOCKED`` and the outer ``status='queued'`` re-check makes
+  a lost race update zero rows. Either way exactly one worker gets each job.
+* **Lease.** A running job belongs to ``lease_owner`` until ``lease_expires_at``; the worker
+  renews it from a heartbeat thread while the handler runs. A worker that dies (``kill -9``,
+  power loss) stops renewing, and ``requeue_expired`` puts the job back in the queue.
+* **Attempts.** Each claim counts one attempt. A job that raised or whose lease expired
+  ``max_attempts`` times is ``failed``; its ``error`` says why, and the kind's give-up hook
+  runs (a ``validate`` job's submission is rejected with that report).
+
+Handlers are plain functions ``handler(ctx: JobContext) -> dict | None`` (the dict is stored
+as the job's ``result``). They are found by kind in ``HANDLER_PATHS`` (dotted
+``module:function`` paths imported lazily, so the hub starts even when a handler's heavy
+dependencies are missing) or passed explicitly to :func:`run_worker`. A kind with no handler
+is never claimed: its jobs stay queued, and the worker logs that once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from quantgrid.hub.server.db import Database
+from quantgrid.hub.server.models import Job, utcnow
+from quantgrid.hub.settings import HubSettings
+
+log = logging.getLogger(__name__)
+
+# kind -> "module:function". Engineers plugging in a worker kind add a line here.
+HANDLER_PATHS: dict[str, str] = {
+    "validate": "quantgrid.hub.server.validate:handle_validate_job",
+    "release": "quantgrid.merge.release:handle_release_job",
+}
+# kind -> "module:function(db, job)" run once when a job of that kind is given up on.
+GIVE_UP_PATHS: dict[str, str] = {
+    "validate": "quantgrid.hub.server.submissions:give_up_validation",
+}
+
+
+@dataclass
+class JobContext:
+    """What a handler gets: the job, the hub's settings, its database and blob store."""
+
+    job_id: int
+    kind: str
+    payload: dict[str, Any]
+    attempt: int
+    settings: HubSettings
+    db: Database
+    worker_id: str
+    lease_lost: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def blobs(self):
+        from quantgrid.hub.server.storage import BlobStore
+
+        return BlobStore(self.settings.blob_dir)
+
+    def heartbeat(self) -> bool:
+        """Extend the lease now (the worker also does this in the background)."""
+        ok = heartbeat(self.db, self.job_id, self.worker_id, self.settings.job_lease_seconds)
+        if not ok:
+            self.lease_lost.set()
+        return ok
+
+
+Handler = Callable[[JobContext], "dict[str, Any] | None"]
+
+
+def _import(path: str) -> Callable:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def resolve_handlers(kinds: Iterable[str] | None = None) -> dict[str, Handler]:
+    """Import the registered handlers that exist; log (once per call) each one that doesn't."""
+    found: dict[str, Handler] = {}
+    for kind in kinds or HANDLER_PATHS:
+        path = HANDLER_PATHS.get(kind)
+        if path is None:
+            log.warning("no handler registered for job kind %r", kind)
+            continue
+        try:
+            found[kind] = _import(path)
+        except (ImportError, AttributeError) as e:
+            log.warning("job kind %r has no handler yet (%s: %s); its jobs stay queued", kind, path, e)
+    return found
+
+
+# ---- queue operations (each one short transaction) ----
+
+
+def enqueue(session: Session, kind: str, payload: dict[str, Any], *, dedupe_key: str | None = None,
+            priority: int = 100, max_attempts: int = 3, delay_s: float = 0.0) -> Job:
+    """Add a job inside the caller's transaction, so it commits (or not) with the caller's rows."""
+    job = Job(kind=kind, payload=payload, dedupe_key=dedupe_key, priority=priority,
+              max_attempts=max_attempts, run_after=time.time() + delay_s)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def enqueue_once(db: Database, kind: str, payload: dict[str, Any], dedupe_key: str, **kw) -> int:
+    """Enqueue unless a job with ``dedupe_key`` exists; return that job's id either way."""
+    try:
+        with db.write() as s:
+            return enqueue(s, kind, payload, dedupe_key=dedupe_key, **kw).id
+    except IntegrityError:
+        with db.read() as s:
+            return s.scalar(select(Job.id).where(Job.dedupe_key == dedupe_key))
+
+
+def claim(db: Database, worker_id: str, kinds: Iterable[str], lease_seconds: float) -> Job | None:
+    kinds = list(kinds)
+    if not kinds:
+        return None
+    now = time.time()
+    oldest = (
+        select(Job.id)
+        .where(Job.status == "queued", Job.kind.in_(kinds), Job.run_after <= now)
+        .order_by(Job.priority, Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    stmt = (
+        update(Job)
+        .where(Job.id == oldest, Job.status == "queued")
+        .values(status="running", lease_owner=worker_id, lease_expires_at=now + lease_seconds,
+                attempts=Job.attempts + 1)
+        .returning(Job.id)
+    )
+    with db.write() as s:
+        job_id = s.execute(stmt).scalar()
+        if job_id is None:
+            return None
+        s.expire_all()
+        job = s.get(Job, job_id)
+        s.expunge(job)
+        return job
+
+
+def heartbeat(db: Database, job_id: int, worker_id: str, lease_seconds: float) -> bool:
+    """Renew the lease; False if this worker no longer owns the job."""
+    with db.write() as s:
+        n = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
+            .values(lease_expires_at=time.time() + lease_seconds)
+        ).rowcount
+    return n == 1
+
+
+def complete(db: Database, job_id: int, worker_id: str, result: dict[str, Any] | None) -> bool:
+    with db.write() as s:
+        n = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "running", Job.lease_owner == worker_id)
+            .values(status="done", result=result, lease_owner=None, lease_expires_at=None,
+                    finished_at=utcnow(), error=None)
+        ).rowcount
+    return n == 1
+
+
+def fail(db: Database, job_id: int, worker_id: str, error: str, retry_delay_s: float = 5.0) -> str | None:
+    """Record a failed attempt: back to ``queued`` (later) or ``failed`` when out of attempts."""
+    with db.write() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.status != "running" or job.lease_owner != worker_id:
+            return None
+        job.error = error[-4000:]
+        job.lease_owner = None
+        job.lease_expires_at = None
+        if job.attempts >= job.max_attempts:
+            job.status = "failed"
+            job.finished_at = utcnow()
+        else:
+            job.status = "queued"
+            job.run_after = time.time() + retry_delay_s
+        status = job.status
+    if status == "failed":
+        _give_up(db, job_id)
+    return status
+
+
+def requeue_expired(db: Database) -> list[int]:
+    """Jobs whose worker stopped renewing its lease go back to the queue (or fail, if out of tries)."""
+    now = time.time()
+    with db.write() as s:
+        expired = s.scalars(
+            select(Job).where(Job.status == "running", Job.lease_expires_at < now)
+        ).all()
+        given_up = []
+        for job in expired:
+            note = f"worker {job.lease_owner} stopped (lease expired) during attempt {job.attempts}"
+            job.lease_owner = None
+            job.lease_expires_at = None
+            job.error = note
+            if job.attempts >= job.max_attempts:
+                job.status = "failed"
+                job.finished_at = utcnow()
+                given_up.append(job.id)
+            else:
+                job.status = "queued"
+        ids = [j.id for j in expired]
+    for job_id in given_up:
+        _give_up(db, job_id)
+    return ids
+
+
+def _give_up(db: Database, job_id: int) -> None:
+    with db.read() as s:
+        job = s.get(Job, job_id)
+        path = GIVE_UP_PATHS.get(job.kind) if job else None
+    if path is None:
+        return
+    try:
+        _import(path)(db, job)
+    except Exception:  # a hook must never take the worker down
+        log.exception("give-up hook for job %s failed", job_id)
+
+
+# ---- the worker loop ----
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def run_one(db: Database, settings: HubSettings, handlers: dict[str, Handler], worker_id: str) -> bool:
+    """Claim and run at most one job. True if a job was run (whatever its outcome)."""
+    requeue_expired(db)
+    job = claim(db, worker_id, handlers, settings.job_lease_seconds)
+    if job is None:
+        return False
+    ctx = JobContext(job.id, job.kind, dict(job.payload or {}), job.attempts, settings, db, worker_id)
+    stop_beat = threading.Event()
+
+    def _beat() -> None:
+        interval = max(0.05, settings.job_lease_seconds / 3)
+        while not stop_beat.wait(interval):
+            if not ctx.heartbeat():
+                return
+
+    beat = threading.Thread(target=_beat, name=f"job-{job.id}-heartbeat", daemon=True)
+    beat.start()
+    log.info("job %s (%s) attempt %s/%s started by %s", job.id, job.kind, job.attempts, job.max_attempts, worker_id)
+    try:
+        result = handlers[job.kind](ctx)
+    except Exception as e:
+        log.exception("job %s (%s) failed", job.id, job.kind)
+        stop_beat.set()
+        beat.join()
+        status = fail(db, job.id, worker_id, f"{type(e).__name__}: {e}")
+        log.info("job %s is now %s", job.id, status)
+        return True
+    stop_beat.set()
+    beat.join()
+    if not complete(db, job.id, worker_id, result if isinstance(result, dict) else None):
+        log.warning("job %s finished after its lease was lost; its result was discarded", job.id)
+    return True
+
+
+def run_worker(settings: HubSettings, handlers: dict[str, Handler] | None = None,
+               stop_event: threading.Event | None = None, *, db: Database | None = None,
+               worker_id: str | None = None, max_jobs: int | None = None) -> int:
+    """Run jobs until ``stop_event`` is set (or ``max_jobs`` ran). Returns the number run.
+
+    ``handlers=None`` resolves every kind in ``HANDLER_PATHS``; kinds without an importable
+    handler are not claimed, so their jobs wait for a worker that has one.
+    """
+    stop_event = stop_event or threading.Event()
+    db = db or Database(settings.database_url)
+    worker_id = worker_id or default_worker_id()
+    handlers = resolve_handlers() if handlers is None else handlers
+    if not handlers:
+        log.warning("worker %s has no job handlers; nothing will be processed", worker_id)
+    ran = 0
+    while not stop_event.is_set():
+        try:
+            did = run_one(db, settings, handlers, worker_id)
+        except Exception:  # a database hiccup must not kill the worker thread
+            log.exception("worker %s: queue error", worker_id)
+            did = False
+        if did:
+            ran += 1
+            if max_jobs is not None and ran >= max_jobs:
+                break
+        else:
+            stop_event.wait(settings.worker_poll_seconds)
+    return ran
+
+
+def queue_counts(db: Database) -> dict[str, int]:
+    from sqlalchemy import func
+
+    with db.read() as s:
+        rows = s.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {status: n for status, n in rows}

@@ -1,0 +1,192 @@
+"""The hub's tables (SQLAlchemy 2.x declarative). Alembic migrations in ``migrations/`` create them.
+
+Any change here needs a new migration (``tests/unit/hub/test_db.py`` fails on drift).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC on the way in and out (SQLite forgets the zone; this puts it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(dt.timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, dt.datetime: UTCDateTime}
+
+
+# Submission lifecycle: queued -> validating -> accepted | rejected.
+SUBMISSION_STATES = ("queued", "validating", "accepted", "rejected")
+# Job lifecycle: queued -> running -> done | failed (a crashed run goes back to queued).
+JOB_STATES = ("queued", "running", "done", "failed")
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Token(Base):
+    """An API token. Only its sha256 is stored; the token itself is shown once."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to tell tokens apart
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Blob(Base):
+    """A file in the content-addressed store; the path is derived from the sha256."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Submission(Base):
+    __tablename__ = "submissions"
+    __table_args__ = (
+        # The same zip pushed twice by one user is one submission.
+        UniqueConstraint("user_id", "blob_sha256", name="uq_submission_user_blob"),
+        Index("ix_submissions_user_created", "user_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    blob_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    filename: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    # Full report (stage, check, numbers, diagnoses): owner and admins only.
+    report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Rounded loss improvement (nats/token) shown publicly once accepted.
+    public_score: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Adapter(Base):
+    """An accepted submission; it joins every later release."""
+
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(ForeignKey("submissions.id"), primary_key=True)  # = submission id
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    blob_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    score: Mapped[float | None] = mapped_column(Float, default=None)  # rounded loss improvement
+    # Leave-one-out impact on the latest release (nats/token), filled in by the release job.
+    impact: Mapped[float | None] = mapped_column(Float, default=None)
+    impact_release: Mapped[str | None] = mapped_column(String(32), default=None)
+    # Delta-W summary for near-duplicate checks and merging (written by the validator).
+    delta_info: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    accepted_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Vote(Base):
+    __tablename__ = "votes"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"), primary_key=True, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Release(Base):
+    """A published (or attempted) weekly release; the release engine fills these rows."""
+
+    __tablename__ = "releases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version: Mapped[str] = mapped_column(String(32), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="building")
+    path: Mapped[str | None] = mapped_column(Text, default=None)
+    manifest: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    notes: Mapped[str | None] = mapped_column(Text, default=None)
+    is_current: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class Job(Base):
+    """A unit of background work, claimed atomically by one worker at a time (see jobs.py)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_claim", "status", "kind", "priority", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # At most one live job per dedupe key (e.g. "validate:42").
+    dedupe_key: Mapped[str | None] = mapped_column(String(128), unique=True, default=None)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    priority: Mapped[int] = mapped_column(Integer, default=100)  # lower runs first
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    # Epoch seconds (floats compare the same on every database).
+    run_after: Mapped[float] = mapped_column(Float, default=0.0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class IdempotencyKey(Base):
+    """(user, key) -> the submission it made and the sha256 of the bytes that made it."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,169 @@
+"""Every setting of a hub, in one pydantic-settings model.
+
+Precedence, highest first: explicit values (CLI flags) > ``QUANTGRID_HUB_*`` environment
+variables > the YAML file given by ``--config`` (or ``QUANTGRID_HUB_CONFIG``) > defaults.
+
+    settings = HubSettings.load(config="hub.yaml", storage_dir="/srv/hub")
+
+``recipe`` is a :class:`quantgrid.recipe.Recipe`; in YAML or the environment it may be
+an inline mapping / JSON object or a path to a recipe YAML file.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from quantgrid.errors import ConfigError
+from quantgrid.recipe import Recipe, format_validation_error
+
+ENV_PREFIX = "QUANTGRID_HUB_"
+
+# Names of the CLI flags, so a bad value is reported the way the user typed it.
+FLAG_NAMES = {
+    "db_url": "--db",
+    "storage_dir": "--storage",
+    "recipe": "--recipe",
+    "host": "--host",
+    "port": "--port",
+}
+
+
+class _YamlConfigSource(PydanticBaseSettingsSource):
+    """Reads the ``--config hub.yaml`` file named by the ``config_file`` init value or env var."""
+
+    def __init__(self, settings_cls: type[BaseSettings], config_file: Path | None):
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if config_file is None:
+            return
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"hub config file not found: {path}",
+                              hint="pass --config with a YAML file of hub settings (keys as in `quantgrid hub serve --help`)")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: hub config must be a YAML mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(settings_cls.model_fields))
+        if unknown:
+            raise ConfigError(f"{path}: unknown hub setting(s): {', '.join(unknown)}",
+                              hint=f"known settings: {', '.join(sorted(settings_cls.model_fields))}")
+        recipe = data.get("recipe")
+        if isinstance(recipe, str) and not Path(recipe).is_absolute():
+            # A recipe path in the config file is relative to the config file.
+            data["recipe"] = str((path.parent / recipe).resolve())
+        self._data = data
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class HubSettings(BaseSettings):
+    """A hub's configuration: where it stores things, what it accepts, and how hard it checks."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    # ---- where things live ----
+    config_file: Path | None = Field(None, description="YAML file these settings were read from (--config)")
+    storage_dir: Path = Field(Path("quantgrid-hub"), description="blob store, benchmark and releases live here")
+    db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<storage_dir>/hub.db")
+    public_url: str | None = Field(None, description="URL contributors use to reach this hub (shown in messages)")
+
+    # ---- what contributors must follow ----
+    recipe: Annotated[Recipe, NoDecode] = Field(default_factory=Recipe, description="the hub's recipe")
+
+    # ---- network ----
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+    # ---- limits ----
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="largest accepted submission zip")
+    rate_limit_per_minute: int = Field(120, ge=1, description="requests per user (or per IP when anonymous)")
+    rate_limit_burst: int = Field(60, ge=1, description="requests a client may send at once before throttling")
+    daily_submission_limit: int = Field(20, ge=1, description="new submissions per user per rolling 24 h")
+
+    # ---- jobs ----
+    worker_enabled: bool = Field(True, description="`hub serve` also runs a job worker thread")
+    worker_poll_seconds: float = Field(1.0, gt=0)
+    job_lease_seconds: float = Field(900.0, gt=0, description="a job whose worker is silent this long is retried")
+    job_max_attempts: int = Field(3, ge=1, description="a job that fails this many times stops, with a report")
+
+    # ---- validation (used by the validation worker) ----
+    benchmark_secret: SecretStr | None = Field(None, description="seeds the hidden benchmark; default: a secret file in storage_dir")
+    benchmark_size: int = Field(500, ge=10)
+    min_loss_improvement: float = Field(0.01, ge=0, description="nats/token a candidate must beat the base by")
+    ood_tolerance: float = Field(0.05, ge=0, description="largest allowed rise of out-of-domain loss, nats/token")
+    duplicate_cosine: float = Field(0.95, gt=0, le=1, description="delta-W cosine above which adapters are near-duplicates")
+    duplicate_margin: float = Field(0.02, ge=0, description="ε: a near-duplicate must beat the original by this, nats/token")
+    score_decimals: int = Field(3, ge=0, le=6, description="published scores are rounded to this many decimals")
+
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _recipe(cls, v: Any) -> Any:
+        if isinstance(v, (str, Path)):
+            text = str(v).strip()
+            if text.startswith("{"):
+                return json.loads(text)
+            return Recipe.load(text)
+        return v
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        import os
+
+        config = init_settings.init_kwargs.get("config_file") or os.environ.get(f"{ENV_PREFIX}CONFIG_FILE") \
+            or os.environ.get(f"{ENV_PREFIX}CONFIG")
+        return (init_settings, env_settings, _YamlConfigSource(settings_cls, Path(config) if config else None))
+
+    # ---- construction with good errors ----
+    @classmethod
+    def load(cls, config: str | Path | None = None, **overrides: Any) -> HubSettings:
+        """Build settings; ``None`` overrides are ignored so unset CLI flags fall through to env/YAML."""
+        values = {k: v for k, v in overrides.items() if v is not None}
+        if config is not None:
+            values["config_file"] = Path(config)
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            raise ConfigError(f"invalid hub settings: {format_validation_error(e, FLAG_NAMES)}",
+                              hint="fix the flag, the QUANTGRID_HUB_* variable or the --config entry named above") from None
+
+    # ---- derived ----
+    @property
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.storage_dir / 'hub.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.storage_dir / "blobs"
+
+    def benchmark_seed(self) -> str:
+        """The hidden benchmark's secret: the setting, or one made once and kept in storage_dir."""
+        if self.benchmark_secret is not None:
+            return self.benchmark_secret.get_secret_value()
+        from quantgrid.utils import atomic_write_text
+
+        path = self.storage_dir / "benchmark_secret"
+        if not path.exists():
+            atomic_write_text(path, secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text(encoding="utf-8").strip()
+
+    def round_score(self, x: float | None) -> float | None:
+        return None if x is None else round(float(x), self.score_decimals)

@@ -1,0 +1,131 @@
+"""GGUF export checked by the real consumer: llama-cpp-python loads our files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from quantgrid.errors import AdapterMismatchError, ExportError
+from quantgrid.export.gguf import export_adapter, export_base, permute_rows
+
+llama_cpp = pytest.importorskip("llama_cpp")
+
+
+def _llama(model_path, lora_path=None):
+    return llama_cpp.Llama(model_path=str(model_path), lora_path=str(lora_path) if lora_path else None,
+                           logits_all=True, verbose=False, n_ctx=256, seed=0)
+
+
+def _logits(llm, ids):
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)])
+
+
+@pytest.fixture(scope="module")
+def f32_files(tiny_base, random_adapter, tmp_path_factory):
+    d = tmp_path_factory.mktemp("gguf")
+    return export_base(tiny_base, d / "base.gguf", "f32"), export_adapter(random_adapter, tiny_base, d / "lora.gguf")
+
+
+def test_permute_rows_matches_interleaved_rope_layout():
+    # 1 head, head_dim 4: HF rows [x0, x1, y0, y1] (rotate-half) -> llama.cpp [x0, y0, x1, y1]
+    w = np.arange(4, dtype=np.float32).reshape(4, 1)
+    assert permute_rows(w, 1)[:, 0].tolist() == [0, 2, 1, 3]
+
+
+def test_tokenizer_metadata_gives_the_same_ids(f32_files, reference):
+    llm = _llama(f32_files[0])
+    text = "Question: What is the price to earnings ratio of a stock?\nAnswer:"
+    assert llm.tokenize(text.encode(), add_bos=True, special=False) == reference["ids"]
+
+
+def test_f32_base_and_adapter_logits_match_pytorch(f32_files, reference):
+    base_gguf, lora_gguf = f32_files
+    ids = reference["ids"]
+    base = _logits(_llama(base_gguf), ids)
+    adapted = _logits(_llama(base_gguf, lora_gguf), ids)
+    assert np.abs(base - reference["base"]).max() < 1e-3
+    assert np.abs(adapted - reference["adapter"]).max() < 1e-3
+    # the adapter really changes the output, so the comparison above is not vacuous
+    assert np.abs(reference["adapter"] - reference["base"]).max() > 1e-2
+
+
+def test_q8_0_top1_tokens_agree(tiny_base, random_adapter, reference, tmp_path):
+    base_q8 = export_base(tiny_base, tmp_path / "base-q8.gguf", "q8_0")
+    lora = export_adapter(random_adapter, tiny_base, tmp_path / "lora.gguf")
+    ids = reference["ids"]
+    got = _logits(_llama(base_q8, lora), ids)
+    ref = reference["adapter"]
+    # q8_0 rounding moves logits a little; every position whose top-1 is not a near tie must agree
+    top2 = np.sort(ref, axis=-1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.05
+    assert clear.sum() >= len(ids) // 2
+    assert (got.argmax(-1) == ref.argmax(-1))[clear].all()
+    assert base_q8.stat().st_size < (tmp_path / "lora.gguf").stat().st_size * 1000
+
+
+def test_greedy_text_matches_pytorch(f32_files, reference):
+    import torch
+
+    base_gguf, lora_gguf = f32_files
+    ids, model, tok = reference["ids"], reference["model"], reference["tokenizer"]
+    with torch.no_grad():
+        ref = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=None)[0, len(ids):].tolist()
+    llm = _llama(base_gguf, lora_gguf)
+    out = []
+    for tok_id in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        out.append(tok_id)
+        if len(out) == 12:
+            break
+    assert out == ref
+
+
+def test_unsupported_architecture_lists_supported(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(Exception) as e:
+        export_base(tmp_path / "gpt2", tmp_path / "x.gguf")
+    assert "not supported" in str(e.value) and "llama" in str(e.value) + str(getattr(e.value, "hint", ""))
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_adapter_for_another_base_names_both(tiny_base, random_adapter, tmp_path):
+    other = tmp_path / "adapter"
+    shutil.copytree(random_adapter, other)
+    m = json.loads((other / "quantgrid.json").read_text())
+    m["base_model"] = {"name": "mistralai/Mistral-7B-v0.1", "revision": "main", "fingerprint": "0" * 16}
+    (other / "quantgrid.json").write_text(json.dumps(m))
+    with pytest.raises(AdapterMismatchError) as e:
+        export_adapter(other, tiny_base, tmp_path / "a.gguf")
+    assert "mistralai/Mistral-7B-v0.1" in str(e.value) and "quantgrid-tiny-test" in str(e.value)
+    assert not (tmp_path / "a.gguf").exists()
+
+
+def test_unwritable_output_is_a_clear_error(tiny_base, tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    with pytest.raises(ExportError, match="cannot create output directory"):
+        export_base(tiny_base, blocker / "base.gguf")
+
+
+def test_crash_midway_leaves_no_partial_file(tiny_base, tmp_path, monkeypatch):
+    import gguf
+
+    def boom(self):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        export_base(tiny_base, tmp_path / "base.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_outtype(tiny_base, tmp_path):
+    with pytest.raises(ExportError, match="unknown --outtype 'q4'"):
+        export_base(tiny_base, tmp_path / "b.gguf", "q4")
