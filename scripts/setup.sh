@@ -10,7 +10,11 @@ extras="${1:-all}"
 python -m pip install -q --upgrade pip
 python -c "import torch" 2>/dev/null || python -m pip install -q "torch==2.13.0"
 if [ "$extras" = dev ]; then
-  # llama-cpp-python compiles from source; pip caches the built wheel, so later runs reuse it.
+  # llama-cpp-python (the GGUF tests' real consumer) compiles from source; pip caches the
+  # built wheel, so later runs reuse it. The build is portable AVX2 rather than
+  # -march=native: a native build on AMX CPUs emits AMX kernels for q8_0 that crash where
+  # the kernel/sandbox does not grant AMX tile state.
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
   CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" python -m pip install -q -e ".[all,dev]"
 else
   python -m pip install -q -e ".[$extras]"

@@ -77,7 +77,8 @@ def write_manifest(adapter_dir: str | Path, *, recipe: Recipe, base_name: str, b
         recipe_hash=recipe.hash(),
         recipe=recipe.model_dump(mode="json"),
         base_model=BaseRef(name=base_name, revision=recipe.base_revision, fingerprint=base_fingerprint),
-        non_standard=recipe.standard_fields_differ(standard) if standard else [],
+        non_standard=(recipe.standard_fields_differ(standard) if standard
+                      else list(previous.non_standard) if previous else []),
         author=author if author is not None else (previous.author if previous else None),
         dataset=DatasetInfo(
             description=dataset_description or (previous.dataset.description if previous else None),
@@ -355,8 +356,9 @@ def check_weights(data: bytes, recipe: Recipe, base: BaseShape, limits: StaticLi
     return {s.name: s.norm for s in stats}
 
 
-def check_manifest(files: dict[str, bytes], base: BaseShape) -> Manifest:
-    """The manifest parses, names the hub's base, and hashes exactly the other files."""
+def check_manifest(files: dict[str, bytes], base: BaseShape | None) -> Manifest:
+    """The manifest parses, names the hub's base (unless ``base`` is None: the contributor's
+    own re-check), and hashes exactly the other files."""
     import hashlib
 
     from pydantic import ValidationError as PydanticError
@@ -366,7 +368,7 @@ def check_manifest(files: dict[str, bytes], base: BaseShape) -> Manifest:
     except PydanticError as e:
         raise _fail("manifest.invalid", f"quantgrid.json is not a valid manifest: {str(e).splitlines()[0][:120]}",
                     "re-create it with `quantgrid package`") from None
-    if manifest.base_model.fingerprint != base.fingerprint:
+    if base is not None and manifest.base_model.fingerprint != base.fingerprint:
         raise _fail("manifest.base", f"the adapter was trained for base {manifest.base_model.name!r} "
                                      f"(fingerprint {manifest.base_model.fingerprint}), not the hub's base "
                                      f"{base.name!r} ({base.fingerprint})",

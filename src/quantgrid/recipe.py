@@ -30,7 +30,10 @@ class _Strict(BaseModel):
 class LoraSettings(_Strict):
     r: int = Field(16, ge=1, le=1024, description="LoRA rank")
     alpha: float = Field(32, gt=0, description="LoRA alpha; the update is scaled by alpha / r")
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # validate_default: the default goes through the sorting validator too, so Recipe() and
+    # a recipe read back from YAML are equal and hash the same.
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+                                      validate_default=True)
     dropout: float = Field(0.05, ge=0, lt=1)
     bias: Literal["none"] = "none"
 

@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from quantgrid import __version__
 from quantgrid.cli import (
+    alpha,
     base,
     contrib,
     data,
@@ -66,8 +67,8 @@ def _root(
 
 
 # Order is the order of `quantgrid --help`: the contributor journey first.
-for _module in (demo, data, base, recipe, train, evaluate, package, contrib, hub, hub_validation, hub_release,
-                serve, export):
+for _module in (demo, data, base, recipe, train, evaluate, alpha, package, contrib, hub, hub_validation,
+                hub_release, serve, export):
     _module.register(app)
 
 

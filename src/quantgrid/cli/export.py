@@ -78,6 +78,7 @@ def ollama_cmd(
     from quantgrid.export.gguf import export_adapter, export_base
     from quantgrid.export.merged import trained_in_4bit
     from quantgrid.export.ollama import modelfile_for, write_modelfile
+    from quantgrid.ml.models import load_tokenizer
     from quantgrid.recipe import Recipe
 
     base_id = _base_for(adapter, base)
@@ -89,7 +90,9 @@ def ollama_cmd(
     manifest = adapter / "quantgrid.json"
     recipe = Recipe.from_dict(json.loads(manifest.read_text())["recipe"]) if manifest.is_file() else Recipe(
         base_model=base_id)
-    write_modelfile(out / "Modelfile", modelfile_for(recipe, from_=from_, adapter="./adapter.gguf"))
+    chat_template = load_tokenizer(base_id).chat_template if recipe.prompt_template == "chat" else None
+    write_modelfile(out / "Modelfile", modelfile_for(recipe, from_=from_, adapter="./adapter.gguf",
+                                                     chat_template=chat_template))
     if trained_in_4bit(adapter):
         err_console.print("[yellow]warning:[/] this adapter was trained on a 4-bit base; Ollama advises "
                           "non-quantized adapters: expect small differences from training-time behaviour")

@@ -1,9 +1,136 @@
-"""CLI: hub_release (being built)."""
+"""CLI: ``quantgrid hub release``, ``quantgrid hub rollback VERSION`` and ``quantgrid releases``.
+
+``hub release`` and ``hub rollback`` run on the hub machine against its database and
+storage (the shared hub settings options); ``releases`` asks any hub over HTTP.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.table import Table
+
+from quantgrid.cli._common import console, err_console
+from quantgrid.cli.hub import BaseModelOpt, ConfigOpt, DbOpt, RecipeOpt, StorageOpt, hub_app, hub_settings
+
+
+def _method_names() -> str:
+    return "svd (exact factor-space, default), cat, ties, dare_linear, dare_ties, median, trimmed_mean"
+
+
+def release(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build and evaluate, print the verdict, publish nothing")] = False,
+    method: Annotated[str, typer.Option("--method", help=f"Merge method: {_method_names()}")] = "svd",
+    rank: Annotated[int | None, typer.Option("--rank", min=1, max=4096,
+                                             help="Rank of the release adapter [default: the recipe's r]")] = None,
+    weighting: Annotated[str, typer.Option(
+        "--weighting", help="equal, or impact (proportional to each adapter's hub-measured loss improvement)")] = "equal",
+    impact: Annotated[bool, typer.Option("--impact/--no-impact",
+                                         help="Measure each contributor's leave-one-out impact")] = True,
+    db: DbOpt = None, storage: StorageOpt = None, recipe: RecipeOpt = None,
+    base_model: BaseModelOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Merge every accepted adapter into release YYYY.WW, gate it against the current release, publish it."""
+    from quantgrid.errors import ConfigError
+    from quantgrid.hub.server.db import Database
+    from quantgrid.hub.server.releases import release_now
+    from quantgrid.merge.methods import METHODS
+
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r} is not a merge method", hint=f"choose one of: {_method_names()}")
+    if weighting not in ("equal", "impact"):
+        raise ConfigError(f"--weighting {weighting!r} is not known", hint="use equal or impact")
+    settings = hub_settings(db, storage, recipe, base_model, config)
+    with console.status("releasing ...") as status:
+        def log(msg: str) -> None:
+            status.update(msg)
+            err_console.print(f"[dim]{msg}[/]", highlight=False)
+
+        out = release_now(settings, Database(settings.database_url), dry_run=dry_run, method=method, rank=rank,
+                          weighting=weighting, loo=impact, log_fn=log)
+    _print_outcome(out)
+    if not out.published and not out.dry_run and out.manifest:
+        raise typer.Exit(1)  # the gate refused: a script should notice
+
+
+def _print_outcome(out) -> None:
+    m = out.manifest
+    if not m:
+        console.print(out.reason)
+        return
+    verdict = ("[bold green]published[/]" if out.published else
+               "[yellow]dry run, not published[/]" if out.dry_run else "[bold red]not published[/]")
+    console.print(f"release [bold]{out.version}[/]: {verdict} — {out.reason}", highlight=False)
+    table = Table("adapter", "contributor", "weight", "merge error", title=f"{len(m['adapters'])} adapter(s), "
+                  f"{m['method']} to rank {m['rank']}")
+    for a in m["adapters"]:
+        table.add_row(a["id"], a["contributor"], f"{a['weight']:.4f}", f"{a['merge_error']:.2e}")
+    console.print(table)
+    met = m.get("metrics") or {}
+    if met:
+        b = met["benchmark"]
+        console.print(f"hidden benchmark: {b['previous']:.4f} -> {b['new']:.4f} nats/token ({b['delta']:+.4f} vs "
+                      f"{met['against']}); improvement over base {met['improvement_over_base']:+.4f}", highlight=False)
+    for person, value in sorted((m.get("impact") or {}).items(), key=lambda kv: -(kv[1] or 0)):
+        console.print(f"impact of {person}: {value:+.4f} nats/token", highlight=False)
+    if out.path is not None:
+        console.print(f"release directory: {out.path}", highlight=False)
+
+
+def rollback(
+    version: Annotated[str, typer.Argument(metavar="VERSION", help="A published release, e.g. 2026.47")],
+    db: DbOpt = None, storage: StorageOpt = None, recipe: RecipeOpt = None,
+    base_model: BaseModelOpt = None, config: ConfigOpt = None,
+) -> None:
+    """Put an earlier published release back in service (servers pick it up from /v1/releases/latest)."""
+    from quantgrid.hub.server.db import Database
+    from quantgrid.hub.server.releases import rollback as do_rollback
+
+    settings = hub_settings(db, storage, recipe, base_model, config)
+    r = do_rollback(settings, Database(settings.database_url), version)
+    console.print(f"release [bold]{r.version}[/] is in service again", highlight=False)
+
+
+def releases(
+    hub: Annotated[str | None, typer.Option(
+        "--hub", help="Hub URL [default: $QUANTGRID_HUB, else the one you logged in to, else http://127.0.0.1:8080]",
+        show_default=False)] = None,
+    download: Annotated[str | None, typer.Option(
+        "--download", metavar="VERSION", help="Also download this release (or 'latest') as a zip")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Where --download saves the zip")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+) -> None:
+    """List a hub's published releases, newest first; the one in service is marked."""
+    from quantgrid.hub.client import HubClient
+
+    with HubClient(hub) as client:
+        listing = client.releases()
+        saved = None
+        if download is not None:
+            target = out or Path(f"quantgrid-release-{download}.zip")
+            saved = client.download_release(download, target)
+    if as_json:
+        typer.echo(listing.model_dump_json())
+    elif not listing.items:
+        console.print("this hub has not published a release yet")
+    else:
+        table = Table("version", "in service", "published (UTC)", "adapters", "benchmark loss", "vs previous",
+                      title="quantgrid releases")
+        for r in listing.items:
+            b = (r.metrics or {}).get("benchmark") or {}
+            n = (r.metrics or {}).get("n_adapters", "")
+            table.add_row(r.version, "✓" if r.is_current else "",
+                          r.published_at.strftime("%Y-%m-%d %H:%M") if r.published_at else "",
+                          str(n), f"{b['new']:.4f}" if b.get("new") is not None else "",
+                          f"{b['delta']:+.4f}" if b.get("delta") is not None else "")
+        console.print(table)
+    if saved is not None:
+        err_console.print(f"saved {saved}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    hub_app.command("release")(release)
+    hub_app.command("rollback")(rollback)
+    app.command("releases", rich_help_panel="Hub (contributor)")(releases)

@@ -1,9 +1,67 @@
-"""CLI: package (being built)."""
+"""CLI: ``quantgrid package`` (build the submission zip) and ``quantgrid check`` (the checklist)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from quantgrid.cli._common import console
+
+
+def package(
+    adapter_dir: Annotated[Path, typer.Argument(help="The adapter directory `quantgrid train` wrote.")],
+    author: Annotated[str, typer.Option("--author", help="Your name, credited on the leaderboard.")],
+    dataset_desc: Annotated[str, typer.Option(
+        "--dataset-desc", help="One sentence on the training data (never the data itself).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the zip into.")] = Path("."),
+) -> None:
+    """Package an adapter as quantgrid_submission_<ts>.zip: allowlisted files only, no raw data.
+
+    Prints READY FOR UPLOAD!, the file name and its sha256; then `quantgrid push FILE`.
+    """
+    from quantgrid.hub.submit import package as build
+
+    result = build(adapter_dir, author, dataset_desc, out, quiet=True)
+    console.print("[bold green]READY FOR UPLOAD![/]")
+    console.print(f"File: {result.path.name}", highlight=False)
+    console.print(f"Hash: {result.sha256}", highlight=False)
+    console.print(f"[dim]{len(result.files)} files in {result.path}[/]", highlight=False)
+    raw = [f for f in result.left_out if f.startswith("training/dataset")]
+    other = [f for f in result.left_out if f not in raw]
+    if raw:
+        console.print(f"Left out raw training data (never uploaded): {', '.join(raw)}", highlight=False)
+    if other:
+        console.print(f"Left out {len(other)} file(s) not on the submission allowlist: "
+                      f"{', '.join(other[:8])}{' ...' if len(other) > 8 else ''}", highlight=False)
+    if result.stale:
+        console.print(f"[yellow]warning:[/] changed since the manifest was written: {', '.join(result.stale)}",
+                      highlight=False)
+
+
+def check(
+    adapter_dir: Annotated[Path, typer.Argument(help="The adapter directory to check before packaging.")],
+) -> None:
+    """Run the contributor checklist: files, >= 500 examples, a clean >= 50-item benchmark,
+    an improvement, the out-of-domain check, and documented data sources.
+
+    Exits 1 when any item fails.
+    """
+    from quantgrid.hub.submit import run_checklist
+
+    items = run_checklist(adapter_dir)
+    for item in items:
+        mark = "[green]✓[/]" if item.ok else "[red]✗[/]"
+        console.print(f"{mark} [bold]{item.name}[/]: {item.reason}", highlight=False, soft_wrap=True)
+    failed = [i for i in items if not i.ok]
+    if failed:
+        console.print(f"{len(failed)} of {len(items)} checks failed.", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"All {len(items)} checks passed: `quantgrid package {adapter_dir} --author ... "
+                  "--dataset-desc ...`", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("package", rich_help_panel="Contribute")(package)
+    app.command("check", rich_help_panel="Contribute")(check)

@@ -61,7 +61,10 @@ def _bisect(f: Callable[[float], float], lo: float, hi: float, tol: float = 1e-1
 
 def irr(cashflows: Sequence[float]) -> float:
     """The rate where NPV = 0 (conventional flows: one sign change)."""
-    return _bisect(lambda r: npv(r, cashflows), -0.99, 10.0)
+    hi = 1.0
+    while npv(hi, cashflows) * npv(-0.99, cashflows) > 0 and hi < 1e6:
+        hi *= 4  # widen the bracket for very profitable projects
+    return _bisect(lambda r: npv(r, cashflows), -0.99, hi)
 
 
 def payback_period(initial: float, inflows: Sequence[float]) -> float:

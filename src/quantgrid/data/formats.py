@@ -196,7 +196,10 @@ def _parse_messages(rec: dict) -> Example:
     history = [{"role": m["role"], "content": m["content"]} for m in msgs[:-2] if m["role"] != "system"]
     if history:
         meta["history"] = history
-    return Example(prompt=msgs[-2]["content"], completion=msgs[-1]["content"], meta=meta)
+    # The layout _dump_messages (and the chat prompt) uses for grounded questions.
+    m = re.fullmatch(r"Context: (?P<c>.*?)\n\nQuestion: (?P<q>.*)", msgs[-2]["content"], re.S)
+    prompt, context = (m.group("q"), m.group("c")) if m else (msgs[-2]["content"], None)
+    return Example(prompt=prompt, completion=msgs[-1]["content"], context=context, meta=meta)
 
 
 def _dump_messages(ex: Example) -> dict:
@@ -204,7 +207,7 @@ def _dump_messages(ex: Example) -> dict:
     if ex.meta.get("system"):
         msgs.append({"role": "system", "content": ex.meta["system"]})
     msgs += list(ex.meta.get("history", []))
-    user = f"Context: {ex.context}\n\n{ex.prompt}" if ex.context else ex.prompt
+    user = f"Context: {ex.context}\n\nQuestion: {ex.prompt}" if ex.context else ex.prompt
     msgs += [{"role": "user", "content": user}, {"role": "assistant", "content": ex.completion}]
     return {"messages": msgs, **_plain_meta(ex, skip=("system", "history"))}
 
@@ -313,7 +316,8 @@ def _records(path: Path, data: bytes, lenient: bool, skipped: list[Skipped]) -> 
         if not arr:
             raise DataError(f"{path}: the JSON array has no records", hint="add records, or pass another file")
         return "json", [(f"index {i}", r) for i, r in enumerate(arr)]
-    if data.lstrip()[:1] == b"{" and data.strip().count(b"\n") > 0:
+    first_line = data.lstrip().split(b"\n", 1)[0]
+    if first_line[:1] == b"{" and not _parses(first_line) and data.strip().count(b"\n") > 0:
         # One pretty-printed object spread over lines is not a dataset (JSONL is one object per line).
         try:
             obj = json.loads(data.decode("utf-8", errors="replace"))
@@ -338,6 +342,14 @@ def _records(path: Path, data: bytes, lenient: bool, skipped: list[Skipped]) -> 
             _fail(path, loc, f"invalid JSON: {e.msg} (column {e.colno})", lenient, skipped,
                   hint="each line of a JSONL file must be one complete JSON object")
     return "jsonl", out
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+        return True
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
 
 
 def _fail(path: Path, loc: str, reason: str, lenient: bool, skipped: list[Skipped], hint: str | None = None) -> None:
@@ -371,7 +383,7 @@ def read_file(path: str | Path, *, format: str | None = None, lenient: bool = Fa
         if not all(k in rec for k in fmt.required):
             other = detect_format(rec)
             origin = f"detected from {detected_at}" if detected_at else "given by --format"
-            if other is not None and other.name != fmt.name:
+            if other is not None and other.name != fmt.name and not any(k in rec for k in fmt.required):
                 reason = (f"mixed schemas: this record is {other.name!r} but the file is {fmt.name!r} ({origin})")
                 hint = "use one schema per file: convert the records, or split the file"
             else:
@@ -402,10 +414,16 @@ def _schemas() -> str:
     return " | ".join("+".join(f.required) for f in FORMATS.values())
 
 
-def write_records(path: str | Path, examples: list[Example], format: str = "qa") -> Path:
-    """Write ``examples`` as JSONL in ``format``, atomically (no half-written file on error)."""
+def write_records(path: str | Path, examples: list[Example], format: str | None = None) -> Path:
+    """Write ``examples`` as JSONL in ``format``, atomically (no half-written file on error).
+
+    ``format=None`` picks ``qa``, or ``text`` when some example trains on its whole text
+    (empty prompt), which only the text schema can hold.
+    """
     from quantgrid.utils import atomic_write_text
 
+    if format is None:
+        format = "text" if any(not ex.prompt for ex in examples) else "qa"
     dump = get_format(format).dump
     text = "".join(json.dumps(dump(ex), ensure_ascii=False) + "\n" for ex in examples)
     return atomic_write_text(path, text)

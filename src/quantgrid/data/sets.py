@@ -4,7 +4,8 @@ A registry, so other parts of quantgrid add sets with ``register_builtin`` (the
 formulaic-alpha benchmark does). The finance sets ship as JSONL files under
 ``data/builtin/`` so a benchmark never changes silently with the code: they are made
 by ``generate_shipped()`` from fixed seeds, and a test checks that regenerating them
-gives the shipped bytes (``python -m quantgrid.data.sets`` rewrites them).
+gives the shipped bytes. After changing a template on purpose, rewrite them with
+``python -c "from quantgrid.data.sets import write_shipped; write_shipped()"``.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def write_shipped(directory: Path = BUILTIN_DIR) -> None:
     from quantgrid.utils import atomic_write_text
 
     for filename, examples in generate_shipped().items():
-        atomic_write_text(directory / filename, render_jsonl(examples))
+        path = atomic_write_text(directory / filename, render_jsonl(examples))
+        path.chmod(0o644)  # package data must be world-readable once installed
 
 
 register_builtin("finance-train", "finance Q&A for training: computed-answer templates (P/E, NPV, bonds, "
@@ -99,9 +101,6 @@ register_builtin("finance-dev", "public dev benchmark: 500 computed-answer finan
                  "finance-train", _shipped("finance-dev.jsonl"))
 register_builtin("general-ood", "general-domain questions (cooking, geography, science, arithmetic) to "
                  "check an adapter does not forget everything else", _shipped("general-ood.jsonl"))
+register_builtin("alpha-bench", "60 hand-written formulaic-alpha tasks with reference expressions "
+                 "(WorldQuant 101-alpha language), scored by the alpha_backtest metric", _shipped("alpha-bench.jsonl"))
 
-
-if __name__ == "__main__":
-    write_shipped()
-    for name, desc in builtin_sets().items():
-        print(f"{BUILTIN_PREFIX}{name}: {len(load_builtin(name))} examples - {desc}")

@@ -8,7 +8,8 @@ this module, so it is exact and deterministic:
 * The base and any number of adapters are scored with ONE model load: the model is a
   ``PeftModel`` holding named adapters; ``None`` means the base with adapters disabled.
 * Examples are sorted by length and cut into batches of at most ``batch_tokens`` padded
-  tokens, so padding is a few percent at most (``LossResult.padding_fraction`` reports it).
+  tokens of similar length, so at most 10% of the compute goes to padding
+  (``LossResult.padding_fraction`` reports the share).
   Padding goes on the right and no attention mask is passed: with a causal mask a real
   token never attends to a later pad, so the scores are exactly those of an unpadded
   forward, and SDPA keeps its fast ``is_causal`` path.
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from quantgrid.recipe import Recipe
 
 DEFAULT_BATCH_TOKENS = 8192
+DEFAULT_MAX_PADDING = 0.1  # most of a batch's slots that may be padding
 _HEAD_CHUNK = 2048  # rows of hidden states projected to the vocabulary at once (bounds memory)
 
 
@@ -127,21 +129,24 @@ def bootstrap_delta_ci(a: LossResult, b: LossResult, n: int = 1000, seed: int = 
 # ---------------------------------------------------------------- batching
 
 
-def length_batches(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+def length_batches(lengths: Sequence[int], batch_tokens: int, max_padding: float = 0.1) -> list[list[int]]:
     """Indices grouped into batches of similar length, longest first.
 
     A batch holds as many sequences as fit in ``batch_tokens`` padded slots (at least one,
-    however long). Sorting is stable on (length, index), so the batches -- and with them
-    every floating-point sum -- are the same on every run.
+    however long), and only sequences at least ``1 - max_padding`` times as long as its
+    longest, so no more than ``max_padding`` of any batch is padding. Sorting is stable on
+    (length, index), so the batches -- and with them every floating-point sum -- are the
+    same on every run.
     """
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
-        width = lengths[current[0]] if current else lengths[i]  # first one is the longest
-        if current and width * (len(current) + 1) > batch_tokens:
-            batches.append(current)
-            current = []
+        if current:
+            width = lengths[current[0]]  # the first is the longest
+            if width * (len(current) + 1) > batch_tokens or lengths[i] < (1 - max_padding) * width:
+                batches.append(current)
+                current = []
         current.append(i)
     if current:
         batches.append(current)
@@ -215,7 +220,7 @@ def _batch_nll(lm, batch: list[Encoded], pad_id: int, device) -> list[float]:
 
 def encoded_losses(model, encoded: Sequence[Encoded], *, adapters: Sequence[str | None] = (None,),
                    pad_token_id: int = 0, batch_tokens: int = DEFAULT_BATCH_TOKENS,
-                   progress: Callable[[int], None] | None = None) -> dict[str | None, LossResult]:
+                   max_padding: float = DEFAULT_MAX_PADDING, progress: Callable[[int], None] | None = None) -> dict[str | None, LossResult]:
     """``completion_losses`` for already-encoded sequences (see there)."""
     import torch
 
@@ -226,7 +231,7 @@ def encoded_losses(model, encoded: Sequence[Encoded], *, adapters: Sequence[str 
     lengths = [len(e) for e in encoded]
     # Sequences with nothing to score are not run at all.
     scored = [i for i, e in enumerate(encoded) if e.n_completion_tokens > 0]
-    batches = [[scored[j] for j in b] for b in length_batches([lengths[i] for i in scored], batch_tokens)]
+    batches = [[scored[j] for j in b] for b in length_batches([lengths[i] for i in scored], batch_tokens, max_padding)]
     slots = sum(lengths[b[0]] * len(b) for b in batches)
     padding = 1 - sum(lengths[i] for i in scored) / slots if slots else 0.0
     n_tokens = [e.n_completion_tokens for e in encoded]

@@ -194,9 +194,10 @@ def export_base(model_dir: str | Path, out: str | Path, outtype: str = "f16") ->
                 for hf_name in st.keys():
                     if hf_name.endswith("rotary_emb.inv_freq"):
                         continue
+                    name = _gguf_name(tmap, hf_name)
                     data = _maybe_permute(hf_name, st.get_tensor(hf_name).float().numpy(), arch)
                     data, raw = _encode(data, outtype)
-                    w.add_tensor(_gguf_name(tmap, hf_name), data, raw_dtype=raw)
+                    w.add_tensor(name, data, raw_dtype=raw)
         _write(w)
     return out
 

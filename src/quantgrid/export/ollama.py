@@ -9,16 +9,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Go templates for each recipe prompt template. `.Prompt` is the user turn and
-# `.System` the SYSTEM line; the answer follows the template's last character.
+from quantgrid.data.prompts import ALPACA_PREAMBLE
+
+# Go-template twins of quantgrid.data.prompts for a single user turn. `.Prompt` is the
+# user turn and `.System` the SYSTEM line; the answer follows the template's last
+# character. qa/alpaca ignore the system prompt in training, so they do here too.
 GO_TEMPLATES = {
-    "qa": "{{ if .System }}{{ .System }}\n\n{{ end }}Question: {{ .Prompt }}\nAnswer:",
-    "context_qa": "{{ if .System }}{{ .System }}\n\n{{ end }}Question: {{ .Prompt }}\nAnswer:",
-    "alpaca": "{{ if .System }}{{ .System }}\n\n{{ end }}### Instruction:\n{{ .Prompt }}\n\n### Response:\n",
+    "qa": "Question: {{ .Prompt }}\nAnswer:",
+    "context_qa": "Question: {{ .Prompt }}\nAnswer:",  # the context travels inside the user's prompt
+    "alpaca": ALPACA_PREAMBLE + "\n\n### Instruction:\n{{ .Prompt }}\n\n### Response:\n",
     "mistral": "[INST] {{ if .System }}{{ .System }}\n\n{{ end }}{{ .Prompt }} [/INST]",
+    # Only for the tiny base's own chat template (quantgrid.ml.models.CHAT_TEMPLATE); a real
+    # model's Jinja chat template is embedded in the GGUF, and Ollama reads it from there.
     "chat": ("{{ if .System }}<|system|>\n{{ .System }}</s>\n{{ end }}"
              "{{ range .Messages }}<|{{ .Role }}|>\n{{ .Content }}</s>\n{{ end }}<|assistant|>\n"),
 }
+USES_SYSTEM = ("mistral", "chat")
 
 
 @dataclass
@@ -47,14 +53,22 @@ def _quote(v: object) -> str:
     return f'"{v}"' if isinstance(v, str) else str(v)
 
 
-def modelfile_for(recipe, *, from_: str, adapter: str | None, num_ctx: int | None = None,
-                  temperature: float = 0.2, top_p: float = 0.9) -> Modelfile:
-    """Modelfile for an adapter trained with ``recipe`` (a quantgrid.recipe.Recipe)."""
+def modelfile_for(recipe, *, from_: str, adapter: str | None, chat_template: str | None = None,
+                  num_ctx: int | None = None, temperature: float = 0.2, top_p: float = 0.9) -> Modelfile:
+    """Modelfile for an adapter trained with ``recipe`` (a quantgrid.recipe.Recipe).
+
+    ``chat_template`` is the base tokenizer's; for the "chat" prompt template we write a
+    TEMPLATE only when it is the tiny base's, and otherwise let Ollama use the GGUF's.
+    """
+    from quantgrid.ml.models import CHAT_TEMPLATE
+
+    name = recipe.prompt_template
+    template = GO_TEMPLATES[name] if name != "chat" or chat_template == CHAT_TEMPLATE else None
     return Modelfile(
         from_=from_,
         adapter=adapter,
-        template=GO_TEMPLATES[recipe.prompt_template],
-        system=recipe.system_prompt or None,
+        template=template,
+        system=(recipe.system_prompt or None) if name in USES_SYSTEM else None,
         parameters={"temperature": temperature, "top_p": top_p,
                     "num_ctx": num_ctx or recipe.training.max_seq_length, "stop": ["</s>", "\nQuestion:"]},
     )

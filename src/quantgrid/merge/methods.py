@@ -262,7 +262,7 @@ def _from_svd(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, rank: int) -> 
 def _svd(fs: list[LoraFactors], ws: list[float], rank: int, opts: dict) -> tuple[LoraFactors, float]:
     dtype = opts.get("dtype", torch.float32)
     # delta = sum_i w_i s_i B_i A_i = Bc @ Ac with Bc [d_out, R], Ac [R, d_in], R = sum r_i
-    Bc = torch.cat([f.B.to(dtype) * (w * f.scaling) for f, w in zip(fs, ws)], 1)
+    Bc = torch.cat([f.B.to(dtype) * (w * f.scaling) for f, w in zip(fs, ws, strict=True)], 1)
     Ac = torch.cat([f.A.to(dtype) for f in fs], 0)
     Qb, Rb = torch.linalg.qr(Bc)  # Qb [d_out, k1], Rb [k1, R]
     Qa, Ra = torch.linalg.qr(Ac.T)  # Qa [d_in, k2], Ra [k2, R]
@@ -275,7 +275,7 @@ def _svd(fs: list[LoraFactors], ws: list[float], rank: int, opts: dict) -> tuple
 
 @register_method("cat", "exact: stack the factors, rank = sum of input ranks (no truncation)", dense=False, exact=True)
 def _cat(fs: list[LoraFactors], ws: list[float], rank: int, opts: dict) -> tuple[LoraFactors, float]:
-    B = torch.cat([f.B.float() * (w * f.scaling) for f, w in zip(fs, ws)], 1)
+    B = torch.cat([f.B.float() * (w * f.scaling) for f, w in zip(fs, ws, strict=True)], 1)
     A = torch.cat([f.A.float() for f in fs], 0)
     if A.shape[0] > rank:
         raise ConfigError(f"cat keeps every input direction and needs rank >= {A.shape[0]}, got {rank}",
@@ -429,7 +429,7 @@ def merge(
     out, errors = {}, {}
     fn = METHODS[method].fn
     for i, module in enumerate(modules):
-        present = [(fa[module], w) for fa, w in zip(fas, ws) if module in fa]
+        present = [(fa[module], w) for fa, w in zip(fas, ws, strict=True) if module in fa]
         shapes = {f.shape for f, _ in present}
         if len(shapes) != 1:
             raise ModelError(f"module {module!r} has different shapes across adapters: {sorted(shapes)}",
@@ -440,7 +440,7 @@ def merge(
             d_out, d_in = fs[0].shape
             zero = LoraFactors(torch.zeros(1, d_in), torch.zeros(d_out, 1), 1.0)
             fs, mws = fs + [zero] * (len(fas) - len(fs)), [w for _, w in present] + [
-                w for fa, w in zip(fas, ws) if module not in fa]
+                w for fa, w in zip(fas, ws, strict=True) if module not in fa]
         else:
             mws = [w for _, w in present]
         out[module], errors[module] = fn(fs, mws, rank, {**options, "module": module})

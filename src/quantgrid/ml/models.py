@@ -277,9 +277,56 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     return fast
 
 
-def build_tiny_base(out_dir: str | Path, size: str = "test", seed: int = 0, texts: Iterable[str] | None = None) -> Path:
+# Pre-training steps per size. A random-init base would make every adapter look useful
+# (any text teaches it English token statistics); a briefly pre-trained one is what real
+# contributors face: general language known, finance Q&A still to learn.
+PRETRAIN_STEPS = {"test": 80, "demo": 300}
+
+
+def pretrain_texts() -> list[str]:
+    """General-domain text plus finance concepts (not the computed-answer templates that
+    contributors and the hidden benchmark use)."""
+    from quantgrid.data.finance import concepts, general_ood
+    from quantgrid.data.prompts import render_text
+
+    return [render_text(ex, "qa") for ex in [*general_ood(), *concepts()]]
+
+
+def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, seq_len: int = 128, batch: int = 8,
+              lr: float = 3e-3) -> float:
+    """Plain causal-LM training on ``texts`` packed into ``seq_len`` blocks; returns the last loss."""
+    import torch
+
+    stream: list[int] = []
+    for t in texts:
+        stream += tokenizer(t)["input_ids"] + [tokenizer.eos_token_id]
+    while len(stream) < seq_len * batch:  # a tiny corpus still fills a batch
+        stream += stream
+    n_blocks = max(1, len(stream) // seq_len)
+    blocks = torch.tensor(stream[: n_blocks * seq_len]).view(n_blocks, seq_len)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        x = blocks[torch.randint(0, n_blocks, (batch,), generator=gen)]
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+    return float(loss)
+
+
+def build_tiny_base(out_dir: str | Path, size: str = "test", seed: int = 0, texts: Iterable[str] | None = None,
+                    pretrain_steps: int | None = None) -> Path:
     """Build a small Llama model + BPE tokenizer from a config and save it as an HF model dir.
 
+    The tokenizer is trained on ``texts`` (default: the finance + general corpus) and the
+    model is briefly pre-trained on general text (``pretrain_steps``, default per size).
     Deterministic for a given ``size`` and ``seed``. Loads with AutoModelForCausalLM and
     AutoTokenizer like any downloaded model.
     """
@@ -304,11 +351,15 @@ def build_tiny_base(out_dir: str | Path, size: str = "test", seed: int = 0, text
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    steps = PRETRAIN_STEPS[size] if pretrain_steps is None else pretrain_steps
+    if steps:
+        _pretrain(model, tokenizer, pretrain_texts(), steps, seed)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, overwrite=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / BASE_ID_FILE).write_text(json.dumps({"name": f"quantgrid-tiny-{size}", "size": size, "seed": seed}))
+        (tmp / BASE_ID_FILE).write_text(json.dumps({"name": f"quantgrid-tiny-{size}", "size": size, "seed": seed,
+                                                     "pretrain_steps": steps}))
     return out_dir
 
 

@@ -34,8 +34,14 @@ class Progress:
         self._start_step = start_step
         self._bar = None
         if mode == "rich":
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
                 TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
@@ -55,9 +61,10 @@ class Progress:
             self.console.print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  "
                                f"{tokens_per_s:,.0f} tok/s  eta {_hms(eta)}", highlight=False)
 
-    def note(self, text: str) -> None:
-        if self.mode != "none":
-            self.console.print(text, highlight=False)
+    def note(self, text: str, *, always: bool = False) -> None:
+        """A line above the bar; ``always`` prints it even in ``mode="none"`` (warnings)."""
+        if self.mode != "none" or always:
+            self.console.print(text, highlight=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._bar is not None:

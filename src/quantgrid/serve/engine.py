@@ -290,26 +290,37 @@ class Engine:
                 self._finish(req, "cancelled")
                 continue
             if req.adapter is not None:
-                got = self.slots.acquire(req.adapter)
-                if got is None:
+                try:
+                    slot = self.acquire_slot(req.adapter)
+                except Exception as e:
+                    self._waiting.popleft()
+                    self._finish(req, None, error=e)
+                    continue
+                if slot is None:
                     break  # every slot is busy: wait for a running request to finish
-                slot, needs_load, evicted = got
-                if evicted is not None:
-                    self.stats.adapter_evictions += 1
-                if needs_load:
-                    try:
-                        self._load_into_slot(req.adapter, slot)
-                    except Exception as e:
-                        self.slots.forget(req.adapter)
-                        self._waiting.popleft()
-                        self._finish(req, None, error=e)
-                        continue
                 req.slot = slot
             self._waiting.popleft()
             req.generator = make_generator(req.params.seed)
             new.append(req)
         if new:
             self._prefill(new)
+
+    def acquire_slot(self, name: str) -> int | None:
+        """Slot holding adapter ``name`` (loaded now if needed), one reference taken; None if all
+        slots are busy. Call with ``self.lock`` held; give it back with ``slots.release``."""
+        got = self.slots.acquire(name)
+        if got is None:
+            return None
+        slot, needs_load, evicted = got
+        if evicted is not None:
+            self.stats.adapter_evictions += 1
+        if needs_load:
+            try:
+                self._load_into_slot(name, slot)
+            except Exception:
+                self.slots.forget(name)
+                raise
+        return slot
 
     def _prefill(self, new: list[GenRequest]) -> None:
         from transformers import DynamicCache
@@ -335,6 +346,8 @@ class Engine:
         self._mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
         positions = torch.tensor([[r.pos] for r in rows], dtype=torch.long)
         logits = self._forward(ids, self._mask, positions, self._cache, rows)
+        for r in rows:
+            r.pos += 1  # tokens in the cache
         self.stats.decode_steps += 1
         self._sample_and_emit(rows, logits)
 
@@ -370,23 +383,27 @@ class Engine:
                 self._finish(r, "cancelled")
                 continue
             tok = sample_token(logits[i], r.params, r.generator)
-            r.last_token, r.pos = tok, r.pos + 1
-            if tok in self.eos_ids:
+            r.last_token = tok  # fed at position r.pos by the next decode step
+            if tok in self.eos_ids and not r.params.ignore_eos:  # flush text held back for a possible stop string
+                self._emit_text(r, self._text(r), final=True)
                 self._finish(r, "stop")
                 continue
             r.generated.append(tok)
             self.stats.tokens_generated += 1
-            text = self.tokenizer.decode(r.generated, skip_special_tokens=True)
+            text = self._text(r)
             cut = find_stop(text, r.params.stop)
             if cut is not None:
                 self._emit_text(r, text[:cut], final=True)
                 self._finish(r, "stop")
-            elif len(r.generated) >= r.params.max_tokens or r.pos >= self.context_length:
+            elif len(r.generated) >= r.params.max_tokens or r.pos + 1 >= self.context_length:
                 self._emit_text(r, text, final=True)
                 self._finish(r, "length")
             else:
                 self._emit_text(r, text, final=False)
         self._drop_finished()
+
+    def _text(self, r: GenRequest) -> str:
+        return self.tokenizer.decode(r.generated, skip_special_tokens=True)
 
     def _emit_text(self, r: GenRequest, text: str, final: bool) -> None:
         end = len(text) if final else safe_prefix_len(text, r.params.stop)

@@ -16,6 +16,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False  # benchmarks: always generate max_tokens
 
     @property
     def greedy(self) -> bool:

@@ -19,6 +19,21 @@ def _llama(model_path, lora_path=None):
                            logits_all=True, verbose=False, n_ctx=256, seed=0)
 
 
+@pytest.fixture
+def open_llama():
+    """Open Llama instances and close each one explicitly: llama.cpp frees its model and
+    LoRA in C, and leaving that to the garbage collector can crash the process."""
+    opened = []
+
+    def make(model_path, lora_path=None):
+        opened.append(_llama(model_path, lora_path))
+        return opened[-1]
+
+    yield make
+    for llm in reversed(opened):
+        llm.close()
+
+
 def _logits(llm, ids):
     llm.reset()
     llm.eval(ids)
@@ -37,28 +52,28 @@ def test_permute_rows_matches_interleaved_rope_layout():
     assert permute_rows(w, 1)[:, 0].tolist() == [0, 2, 1, 3]
 
 
-def test_tokenizer_metadata_gives_the_same_ids(f32_files, reference):
-    llm = _llama(f32_files[0])
+def test_tokenizer_metadata_gives_the_same_ids(f32_files, reference, open_llama):
+    llm = open_llama(f32_files[0])
     text = "Question: What is the price to earnings ratio of a stock?\nAnswer:"
     assert llm.tokenize(text.encode(), add_bos=True, special=False) == reference["ids"]
 
 
-def test_f32_base_and_adapter_logits_match_pytorch(f32_files, reference):
+def test_f32_base_and_adapter_logits_match_pytorch(f32_files, reference, open_llama):
     base_gguf, lora_gguf = f32_files
     ids = reference["ids"]
-    base = _logits(_llama(base_gguf), ids)
-    adapted = _logits(_llama(base_gguf, lora_gguf), ids)
+    base = _logits(open_llama(base_gguf), ids)
+    adapted = _logits(open_llama(base_gguf, lora_gguf), ids)
     assert np.abs(base - reference["base"]).max() < 1e-3
     assert np.abs(adapted - reference["adapter"]).max() < 1e-3
     # the adapter really changes the output, so the comparison above is not vacuous
     assert np.abs(reference["adapter"] - reference["base"]).max() > 1e-2
 
 
-def test_q8_0_top1_tokens_agree(tiny_base, random_adapter, reference, tmp_path):
+def test_q8_0_top1_tokens_agree(tiny_base, random_adapter, reference, tmp_path, open_llama):
     base_q8 = export_base(tiny_base, tmp_path / "base-q8.gguf", "q8_0")
     lora = export_adapter(random_adapter, tiny_base, tmp_path / "lora.gguf")
     ids = reference["ids"]
-    got = _logits(_llama(base_q8, lora), ids)
+    got = _logits(open_llama(base_q8, lora), ids)
     ref = reference["adapter"]
     # q8_0 rounding moves logits a little; every position whose top-1 is not a near tie must agree
     top2 = np.sort(ref, axis=-1)[:, -2:]
@@ -68,7 +83,7 @@ def test_q8_0_top1_tokens_agree(tiny_base, random_adapter, reference, tmp_path):
     assert base_q8.stat().st_size < (tmp_path / "lora.gguf").stat().st_size * 1000
 
 
-def test_greedy_text_matches_pytorch(f32_files, reference):
+def test_greedy_text_matches_pytorch(f32_files, reference, open_llama):
     import torch
 
     base_gguf, lora_gguf = f32_files
@@ -76,7 +91,7 @@ def test_greedy_text_matches_pytorch(f32_files, reference):
     with torch.no_grad():
         ref = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=12, do_sample=False,
                              pad_token_id=tok.pad_token_id, eos_token_id=None)[0, len(ids):].tolist()
-    llm = _llama(base_gguf, lora_gguf)
+    llm = open_llama(base_gguf, lora_gguf)
     out = []
     for tok_id in llm.generate(ids, temp=0.0, top_k=1, reset=True):
         out.append(tok_id)

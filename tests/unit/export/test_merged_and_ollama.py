@@ -31,10 +31,10 @@ def test_merged_refuses_existing_output(tiny_base, random_adapter, tmp_path):
 
 
 def test_modelfile_has_every_directive():
-    text = modelfile_for(Recipe(prompt_template="qa"), from_="./base.gguf", adapter="./adapter.gguf").render()
+    text = modelfile_for(Recipe(prompt_template="mistral"), from_="./base.gguf", adapter="./adapter.gguf").render()
     lines = text.splitlines()
     assert lines[0] == "FROM ./base.gguf" and lines[1] == "ADAPTER ./adapter.gguf"
-    assert 'TEMPLATE """' in text and "Question: {{ .Prompt }}" in text
+    assert 'TEMPLATE """' in text and "[INST] {{ if .System }}" in text
     assert text.count('SYSTEM """') == 1
     for param in ("temperature", "top_p", "num_ctx 1024", 'stop "</s>"'):
         assert f"PARAMETER {param}" in text
@@ -50,7 +50,7 @@ def test_go_template_renders_the_training_prompt(template, tiny_base):
     from quantgrid.ml.models import load_tokenizer
 
     question = "What is a bond's duration?"
-    expected, _ = render(Example(prompt=question, completion="x"), template,
+    expected, _ = render(Example(prompt=question, completion="x"), "qa" if template == "context_qa" else template,
                          tokenizer=load_tokenizer(tiny_base), system_prompt=None)
     go = GO_TEMPLATES[template]
     # evaluate the tiny Go-template subset we use, with .System empty and one user message
@@ -60,6 +60,11 @@ def test_go_template_renders_the_training_prompt(template, tiny_base):
                 flags=re.S)
     go = go.replace("{{ .Prompt }}", question)
     assert go == expected.removeprefix("<s>")
+
+
+def test_qa_modelfile_has_no_system_line_since_training_had_none():
+    text = modelfile_for(Recipe(prompt_template="qa"), from_="b.gguf", adapter=None).render()
+    assert "SYSTEM" not in text and "ADAPTER" not in text and "Question: {{ .Prompt }}" in text
 
 
 def test_cli_ollama_export_prints_create_command(tiny_base, random_adapter, tmp_path):

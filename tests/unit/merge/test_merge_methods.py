@@ -31,7 +31,7 @@ def rand_adapter(seed: int, r: int = 4, scaling: float = 2.0, scale: float = 1.0
 
 
 def dense_sum(adapters, weights) -> dict[str, torch.Tensor]:
-    return {m: sum(w * a[m].delta(torch.float64) for a, w in zip(adapters, weights)) for m in SHAPES}
+    return {m: sum(w * a[m].delta(torch.float64) for a, w in zip(adapters, weights, strict=True)) for m in SHAPES}
 
 
 def deltas_close(x, y, tol=1e-5) -> bool:

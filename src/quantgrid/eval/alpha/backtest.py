@@ -18,6 +18,7 @@ averaged over days).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,11 +26,13 @@ import numpy as np
 from quantgrid.errors import EvalError
 
 from .expression import check_panel, compile_alpha
+from .grammar import parse
 from .operators import rank
 from .panel import Panel
 
 TRADING_DAYS = 252
 MIN_DAYS = 20  # fewer tradable days than this is not a backtest
+METHODS = ("rank", "quantile")
 
 
 @dataclass
@@ -108,7 +111,8 @@ def backtest(signal: np.ndarray, forward_returns: np.ndarray, method: str = "ran
             hint="the alpha is constant across assets or NaN almost everywhere",
         )
     w = weights(signal, method)
-    pnl = np.nansum(w * np.nan_to_num(forward_returns, nan=0.0), axis=1)[live]
+    # an asset with no next-day price earns nothing that day (it could not be traded)
+    pnl = (w * np.nan_to_num(forward_returns, nan=0.0)).sum(axis=1)[live]
     sd = pnl.std(ddof=1)
     sharpe = float(math.sqrt(TRADING_DAYS) * pnl.mean() / sd) if sd > 1e-15 else 0.0
     dw = np.abs(np.diff(w, axis=0)).sum(axis=1)
@@ -122,17 +126,29 @@ def backtest(signal: np.ndarray, forward_returns: np.ndarray, method: str = "ran
 
 
 def extract_expression(answer: str) -> str:
-    """The alpha inside a model's answer: strips code fences, ``Alpha #1:`` / ``alpha =`` labels, a trailing ';'."""
-    import re
+    """The alpha inside a model's answer.
 
+    Strips code fences, an ``Alpha #1:`` / ``alpha =`` label, backticks and a trailing
+    ';'. When the answer goes on to explain itself ("alpha = -rank(x). It goes long
+    ..."), the first line, cut at the end of its first sentence, is used if that is
+    what parses.
+    """
     text = answer.strip()
     fence = re.search(r"```[a-zA-Z]*\n?(.*?)```", text, re.S)
     if fence:
         text = fence.group(1).strip()
     text = re.sub(r"^\s*(?:alpha\s*(?:#\s*\d+)?\s*[:=]|alpha\d+\s*[:=])\s*", "", text, flags=re.I)
-    if text.startswith("`") and text.endswith("`"):
-        text = text.strip("`").strip()
-    return text.rstrip(";").strip()
+    text = text.strip().strip("`").strip().rstrip(";").strip()
+    first = text.splitlines()[0].strip().rstrip(";").strip() if text else text
+    sentence = re.search(r"\.(?=\s|$)", first)  # a period that ends a sentence, not 0.5
+    for candidate in (text, first, first[: sentence.start()] if sentence else None):
+        if candidate:
+            try:
+                parse(candidate)
+                return candidate
+            except EvalError:
+                pass
+    return text  # it does not parse: the error will point into the full text
 
 
 def _mean(values: list[float]) -> float | None:
@@ -149,6 +165,12 @@ def score_alphas(expressions: list[str], panel: Panel, method: str = "rank") -> 
     """
     if not expressions:
         raise EvalError("no alpha expressions to score", hint="give at least one generated answer")
+    if method not in METHODS:
+        raise EvalError(f"unknown portfolio method {method!r}", hint=f"use one of: {', '.join(METHODS)}")
+    T, N = panel.shape
+    if T < MIN_DAYS + 2 or N < 2:  # a panel no alpha could be backtested on is the data's fault, not the model's
+        raise EvalError(f"the price panel ({panel.source}) has {T} dates x {N} tickers; a backtest needs at least "
+                        f"{MIN_DAYS + 2} dates and 2 tickers", hint="use a longer price history with more tickers")
     fwd = panel.forward_returns()
     items = []
     for i, raw in enumerate(expressions):
@@ -160,9 +182,12 @@ def score_alphas(expressions: list[str], panel: Panel, method: str = "rank") -> 
             item["canonical"] = alpha.canonical
             check_panel(alpha, panel, min_dates=MIN_DAYS + 1)  # + 1: the last date has no next-day return
             result = backtest(alpha.evaluate(panel), fwd, method)
-            item.update(backtested=True, **result.to_dict())
+            # NaN (an IC with no valid day) becomes null: results.json stays strict JSON
+            item.update(backtested=True, **{k: (v if math.isfinite(v) else None) for k, v in result.to_dict().items()})
         except EvalError as exc:
             item["error"] = exc.message.split("\n")[0]
+        except RecursionError:  # parsed near the limit from a shallow stack, evaluated from a deep one
+            item["error"] = "alpha expression is nested too deeply to evaluate"
         items.append(item)
     ok = [it for it in items if it["backtested"]]
     n = len(items)

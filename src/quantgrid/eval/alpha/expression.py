@@ -21,6 +21,7 @@ from .grammar import Binary, Call, Name, Node, Number, Ternary, Unary, caret, pa
 from .panel import GROUP_FIELDS, Panel
 
 _ADV = re.compile(r"^adv(\d+)$")
+MAX_WINDOW = 10_000  # trading days (40 years): beyond it a window is a typo, and int() of 1e999 fails
 BASE_FIELDS = ("open", "high", "low", "close", "volume", "vwap", "returns", "cap")
 
 
@@ -87,14 +88,15 @@ def _check(source: str, node: Node, role: str = "x") -> Node:
             if g is None:
                 raise _error(source, node, f"{node.name!r} is not an industry group",
                              f"use one of {', '.join('IndClass.' + x for x in GROUP_FIELDS)}")
-            return Name(node.pos, g)
+            return Name(node.pos, f"IndClass.{g}")
         if g is not None:
             raise _error(source, node, f"{node.name} is a group label, not a number",
                          "use it only as the second argument of indneutralize(x, IndClass.industry)")
         low = node.name.lower()
         if low in BASE_FIELDS or _ADV.match(low):
-            if _ADV.match(low) and int(low[3:]) < 1:
-                raise _error(source, node, f"{node.name}: an average over 0 days", "use adv20, adv60, ...")
+            if _ADV.match(low) and not 1 <= int(low[3:]) <= MAX_WINDOW:
+                raise _error(source, node, f"{node.name}: an average over {int(low[3:])} days",
+                             "use adv20, adv60, ...")
             return Name(node.pos, low)
         close = difflib.get_close_matches(low, _known_names() + list(ops.OPS), n=3, cutoff=0.6)
         raise _error(source, node, f"unknown field {node.name!r}",
@@ -126,7 +128,7 @@ def _check(source: str, node: Node, role: str = "x") -> Node:
         raise _error(source, node, f"{node.func}() takes {want} argument(s) but got {len(node.args)}",
                      f"usage: {op.usage}: {op.doc}")
     args = []
-    for arg, kind in zip(node.args, op.signature):
+    for arg, kind in zip(node.args, op.signature, strict=False):  # not strict: optional trailing arguments
         kind = kind.rstrip("?")
         if kind in ("d", "a"):
             if not isinstance(arg, Number):
@@ -135,8 +137,11 @@ def _check(source: str, node: Node, role: str = "x") -> Node:
                              f"usage: {op.usage}")
             if kind == "d":
                 if arg.value < 1:
-                    raise _error(source, arg, f"{node.func}() window {ops_num(arg.value)} is not a positive number of days",
+                    raise _error(source, arg, f"{node.func}() window {_fmt(arg.value)} is not a positive number of days",
                                  "windows look back 1 or more days; future data is never available")
+                if not arg.value <= MAX_WINDOW:
+                    raise _error(source, arg, f"{node.func}() window {_fmt(arg.value)} is longer than {MAX_WINDOW} days",
+                                 "use a window of at most a few years of trading days")
                 arg = Number(arg.pos, float(int(arg.value)))  # the paper floors non-integer windows
             args.append(arg)
         else:
@@ -144,7 +149,7 @@ def _check(source: str, node: Node, role: str = "x") -> Node:
     return Call(node.pos, name, tuple(args))
 
 
-def ops_num(v: float) -> str:
+def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else str(v)
 
 
@@ -164,8 +169,8 @@ def _lookback(node: Node) -> int:
         return max(_lookback(node.cond), _lookback(node.then), _lookback(node.other))
     assert isinstance(node, Call)
     op = ops.OPS[node.func]
-    inner = max((_lookback(a) for a, k in zip(node.args, op.signature) if k.rstrip("?") == "x"), default=0)
-    windows = [int(a.value) for a, k in zip(node.args, op.signature) if k == "d"]
+    inner = max((_lookback(a) for a, k in zip(node.args, op.signature, strict=False) if k.rstrip("?") == "x"), default=0)
+    windows = [int(a.value) for a, k in zip(node.args, op.signature, strict=False) if k == "d"]
     return inner + (op.history(windows[0]) if windows else 0)
 
 
@@ -212,7 +217,14 @@ class _Evaluator:
         return np.where(np.isfinite(out), out, np.nan)
 
     def series(self, node: Node) -> np.ndarray:
-        return np.broadcast_to(np.asarray(self.value(node), dtype=np.float64), self.shape)
+        """The node's value as a full (T, N) array (a number is spread over every cell).
+
+        Arrays are shared through the cache, so operators never modify their inputs.
+        """
+        v = self.value(node)
+        if isinstance(v, np.ndarray) and v.shape == self.shape:
+            return v
+        return np.full(self.shape, v, dtype=np.float64) if np.ndim(v) == 0 else np.broadcast_to(v, self.shape).copy()
 
     def value(self, node: Node):
         if isinstance(node, Number):
@@ -246,17 +258,17 @@ class _Evaluator:
         assert isinstance(node, Call)
         op = ops.OPS[node.func]
         args = []
-        for arg, kind in zip(node.args, op.signature):
+        for arg, kind in zip(node.args, op.signature, strict=False):
             kind = kind.rstrip("?")
             if kind == "d":
                 args.append(int(arg.value))
             elif kind == "a":
                 args.append(arg.value)
             elif kind == "g":
-                args.append(self.panel.groups[arg.name])
+                args.append(self.panel.groups[_group_name(arg.name)])
             else:
-                args.append(np.array(self.series(arg)))
-        return ops._finite(op.fn(*args))
+                args.append(self.series(arg))
+        return ops.finite(op.fn(*args))
 
 
 def _binary(op: str, a, b):
@@ -267,7 +279,7 @@ def _binary(op: str, a, b):
     if op == "*":
         return a * b
     if op == "/":
-        return ops._finite(np.divide(a, b))
+        return ops.finite(np.divide(a, b))
     if op == "^":
         return ops.power(a, b)
     nan = np.isnan(a) | np.isnan(b)  # a comparison with a missing value is missing, not False

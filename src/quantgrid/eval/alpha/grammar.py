@@ -22,6 +22,7 @@ position and shows a caret under the offending character.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -231,11 +232,21 @@ class _Parser:
         raise _syntax_error(self.source, tok.pos, f"expected a number, field or function but found {found}")
 
 
+MAX_LENGTH = 10_000  # characters; the longest of the paper's 101 alphas has about 400
+
+
 def parse(source: str) -> Node:
     """Parse one alpha expression into a tree. Raises :class:`EvalError` on bad syntax."""
     if not isinstance(source, str):
         raise EvalError(f"an alpha expression must be a string, not {type(source).__name__}")
-    return _Parser(source).parse()
+    if len(source) > MAX_LENGTH:
+        raise EvalError(f"alpha expression is {len(source)} characters long (limit {MAX_LENGTH})",
+                        hint="an alpha is one formula, not a program")
+    try:
+        return _Parser(source).parse()
+    except RecursionError:  # untrusted text: "((((...))))" must be an error, not a crash
+        raise EvalError("alpha expression is nested too deeply to parse",
+                        hint="use fewer nested brackets and function calls") from None
 
 
 # ---------------------------------------------------------------- printing
@@ -245,17 +256,25 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
 
 
+def _fold(node: Node) -> Node:
+    if isinstance(node, Unary):
+        inner = _fold(node.operand)
+        return Number(node.pos, -inner.value) if isinstance(inner, Number) else node
+    return node
+
+
 def unparse(node: Node) -> str:
     """Canonical text of a tree, fully bracketed: ``parse(unparse(t)) == t`` up to positions.
 
     Also serves as the cache key for common subexpressions during evaluation.
     """
     if isinstance(node, Number):
-        return _num(node.value) if node.value >= 0 else f"({_num(node.value)})"
+        return _num(node.value) if math.copysign(1.0, node.value) > 0 else f"(-{_num(-node.value)})"
     if isinstance(node, Name):
         return node.name
     if isinstance(node, Unary):
-        return f"(-{unparse(node.operand)})"
+        node = _fold(node)  # as the parser does: -(-(2)) is the number 2
+        return unparse(node) if isinstance(node, Number) else f"(-{unparse(node.operand)})"
     if isinstance(node, Binary):
         return f"({unparse(node.left)} {node.op} {unparse(node.right)})"
     if isinstance(node, Ternary):

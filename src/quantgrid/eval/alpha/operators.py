@@ -29,27 +29,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+import pandas as pd
 
 # ---------------------------------------------------------------- helpers
 
 
-def _finite(a: np.ndarray) -> np.ndarray:
+def finite(a: np.ndarray) -> np.ndarray:
     """Replace +-inf (division by zero, log(0), overflow) by NaN: they carry no ranking information."""
     a = np.asarray(a, dtype=np.float64)
     if not np.isfinite(a).all():
         a = np.where(np.isfinite(a), a, np.nan)
     return a
-
-
-def windows(x: np.ndarray, d: int) -> np.ndarray:
-    """A ``(T, N, d)`` view: ``[t, i, :]`` is asset i's last ``d`` values up to row t, oldest first.
-
-    The first ``d - 1`` rows are padded with NaN, so every reduction over the last
-    axis gives NaN there. It is a strided view; no data is copied.
-    """
-    pad = np.full((d - 1,) + x.shape[1:], np.nan)
-    return sliding_window_view(np.concatenate([pad, x], axis=0), d, axis=0)
 
 
 def delay(x: np.ndarray, d: int) -> np.ndarray:
@@ -63,115 +53,160 @@ def delta(x: np.ndarray, d: int) -> np.ndarray:
     return x - delay(x, d)
 
 
+# Rolling statistics come from pandas' rolling windows (compiled, O(T * N) memory,
+# numerically careful online algorithms). With min_periods = d (the default) a window
+# holding a NaN gives NaN, as the conventions above require. The few operators pandas
+# has no vectorized form for (product, argmax/argmin, decay_linear) loop over the d
+# lags instead, each lag a whole (T, N) array: d vectorized passes, and never a
+# (T, N, d) window tensor (2.5 GB per temporary for 2500 dates x 500 assets, d = 250).
+
+
+def _roll(x: np.ndarray, d: int):
+    return pd.DataFrame(x, copy=False).rolling(d)
+
+
+def _np(frame) -> np.ndarray:
+    return frame.to_numpy(dtype=np.float64)
+
+
+def lags(x: np.ndarray, d: int):
+    """``x`` shifted by 0, 1, ..., d - 1 rows: today first, the oldest day of the window last."""
+    for k in range(d):
+        yield x if k == 0 else delay(x, k)
+
+
 def ts_sum(x: np.ndarray, d: int) -> np.ndarray:
-    return windows(x, d).sum(axis=-1)
+    return _np(_roll(x, d).sum())
 
 
 def ts_mean(x: np.ndarray, d: int) -> np.ndarray:
-    return windows(x, d).mean(axis=-1)
-
-
-def ts_product(x: np.ndarray, d: int) -> np.ndarray:
-    return _finite(windows(x, d).prod(axis=-1))
+    return _np(_roll(x, d).mean())
 
 
 def ts_min(x: np.ndarray, d: int) -> np.ndarray:
-    return windows(x, d).min(axis=-1)
+    return _np(_roll(x, d).min())
 
 
 def ts_max(x: np.ndarray, d: int) -> np.ndarray:
-    return windows(x, d).max(axis=-1)
-
-
-def _argext(x: np.ndarray, d: int, fn) -> np.ndarray:
-    w = windows(x, d)
-    bad = np.isnan(w).any(axis=-1)
-    pos = fn(np.where(np.isnan(w), 0.0, w), axis=-1).astype(np.float64) + 1.0
-    pos[bad] = np.nan
-    return pos
-
-
-def ts_argmax(x: np.ndarray, d: int) -> np.ndarray:
-    return _argext(x, d, np.argmax)
-
-
-def ts_argmin(x: np.ndarray, d: int) -> np.ndarray:
-    return _argext(x, d, np.argmin)
+    return _np(_roll(x, d).max())
 
 
 def ts_rank(x: np.ndarray, d: int) -> np.ndarray:
-    w = windows(x, d)
-    today = w[..., -1:]
-    less = (w < today).sum(axis=-1)
-    equal = (w == today).sum(axis=-1)  # includes today itself
-    out = (less + (equal + 1) / 2.0) / d
-    out[np.isnan(w).any(axis=-1)] = np.nan
-    return out
-
-
-def _centered(x: np.ndarray, d: int) -> np.ndarray:
-    w = windows(x, d)
-    return w - w.mean(axis=-1, keepdims=True)
+    return _np(_roll(x, d).rank(pct=True, method="average"))
 
 
 def stddev(x: np.ndarray, d: int) -> np.ndarray:
-    if d < 2:
-        return np.full_like(x, np.nan)
-    c = _centered(x, d)
-    return np.sqrt((c * c).sum(axis=-1) / (d - 1))
+    return _np(_roll(x, d).std()) if d >= 2 else np.full_like(x, np.nan)
 
 
 def covariance(x: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
-    if d < 2:
-        return np.full_like(x, np.nan)
-    return (_centered(x, d) * _centered(y, d)).sum(axis=-1) / (d - 1)
+    return _np(_roll(x, d).cov(pd.DataFrame(y))) if d >= 2 else np.full_like(x, np.nan)
+
+
+def _flat(x: np.ndarray, d: int) -> np.ndarray:
+    """Windows that are constant up to rounding (variance tiny next to the mean square)."""
+    return _np(_roll(x, d).var(ddof=0)) <= 1e-12 * ts_mean(x * x, d)
 
 
 def correlation(x: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
     if d < 2:
         return np.full_like(x, np.nan)
-    cx, cy = _centered(x, d), _centered(y, d)
-    sxx, syy = (cx * cx).sum(axis=-1), (cy * cy).sum(axis=-1)
-    # A window that is constant up to rounding has no correlation, not a huge one.
-    wx, wy = windows(x, d), windows(y, d)
-    tiny = 1e-12
-    flat = (sxx <= tiny * (np.abs(wx).max(axis=-1) ** 2) * d) | (syy <= tiny * (np.abs(wy).max(axis=-1) ** 2) * d)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (cx * cy).sum(axis=-1) / np.sqrt(sxx * syy)
-    r = np.where(flat, np.nan, np.clip(r, -1.0, 1.0))
-    return r
+    r = _np(_roll(x, d).corr(pd.DataFrame(y)))
+    # a constant window has no correlation (pandas may give inf or rounding noise there)
+    return np.where(_flat(x, d) | _flat(y, d), np.nan, np.clip(r, -1.0, 1.0))
+
+
+def ts_skewness(x: np.ndarray, d: int) -> np.ndarray:
+    """Population skewness of the window, mean(c^3) / mean(c^2)^1.5; NaN for a flat window."""
+    if d < 3:
+        return np.full_like(x, np.nan)
+    g1 = _np(_roll(x, d).skew()) * (d - 2) / np.sqrt(d * (d - 1))  # pandas gives the bias-corrected G1
+    return np.where(_flat(x, d), np.nan, g1)
+
+
+def ts_product(x: np.ndarray, d: int) -> np.ndarray:
+    out = np.ones_like(x)
+    for lag in lags(x, d):
+        out *= lag
+    return finite(out)
+
+
+def _argext(x: np.ndarray, d: int, better) -> np.ndarray:
+    # walk the window oldest -> today, so a strict comparison keeps the first occurrence on ties
+    best = delay(x, d - 1)
+    pos, bad = np.ones_like(x), np.isnan(best)
+    for p in range(2, d + 1):
+        lag = delay(x, d - p)
+        take = better(lag, best)
+        best = np.where(take, lag, best)
+        pos = np.where(take, float(p), pos)
+        bad |= np.isnan(lag)
+    pos[bad] = np.nan
+    return pos
+
+
+def ts_argmax(x: np.ndarray, d: int) -> np.ndarray:
+    return _argext(x, d, np.greater)
+
+
+def ts_argmin(x: np.ndarray, d: int) -> np.ndarray:
+    return _argext(x, d, np.less)
 
 
 def decay_linear(x: np.ndarray, d: int) -> np.ndarray:
-    weights = np.arange(1, d + 1, dtype=np.float64)  # oldest 1 ... today d
-    return windows(x, d) @ (weights / weights.sum())
+    out = np.zeros_like(x)
+    for k, lag in enumerate(lags(x, d)):
+        out += (d - k) * lag  # today weighs d, the oldest day 1
+    return out / (d * (d + 1) / 2.0)
 
 
 def rank(x: np.ndarray) -> np.ndarray:
-    import pandas as pd  # only the cross-sectional rank needs it: average ties, NaN kept
+    """Cross-sectional percentile rank per row: average ranks for ties, divided by the row's count; NaN kept.
 
-    return pd.DataFrame(x).rank(axis=1, pct=True, method="average").to_numpy(dtype=np.float64)
+    One argsort over the whole array (pandas' ``rank(axis=1)`` is ~10x slower on a
+    wide panel, and the backtest ranks every signal three times).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    T, N = x.shape
+    missing = np.isnan(x)
+    filled = np.where(missing, np.inf, x)  # NaN sorts last and never ties with a value (inf is cleaned earlier)
+    order = np.argsort(filled, axis=1)
+    v = np.take_along_axis(filled, order, axis=1)
+    pos = np.broadcast_to(np.arange(1, N + 1, dtype=np.float64), (T, N))
+    starts = np.ones((T, N), dtype=bool)
+    starts[:, 1:] = v[:, 1:] != v[:, :-1]
+    ends = np.ones((T, N), dtype=bool)
+    ends[:, :-1] = starts[:, 1:]
+    first = np.maximum.accumulate(np.where(starts, pos, 0.0), axis=1)  # first position of each tie run
+    last = np.minimum.accumulate(np.where(ends, pos, np.inf)[:, ::-1], axis=1)[:, ::-1]
+    ranks = np.empty((T, N))
+    np.put_along_axis(ranks, order, (first + last) / 2.0, axis=1)
+    count = (~missing).sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = ranks / count
+    out[missing] = np.nan
+    return out
 
 
 def scale(x: np.ndarray, a: float = 1.0) -> np.ndarray:
     gross = np.nansum(np.abs(x), axis=1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _finite(x * a / gross)
+        return finite(x * a / gross)
 
 
 def signedpower(x, a):
     with np.errstate(invalid="ignore", over="ignore"):
-        return _finite(np.sign(x) * np.power(np.abs(x), a))
+        return finite(np.sign(x) * np.power(np.abs(x), a))
 
 
 def power(x, a):
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        return _finite(np.power(x, a))
+        return finite(np.power(x, a))
 
 
 def log(x):
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _finite(np.log(np.where(np.asarray(x) > 0, x, np.nan)))
+        return finite(np.log(np.where(np.asarray(x) > 0, x, np.nan)))
 
 
 def sqrt(x):
@@ -210,10 +245,13 @@ class Op:
 
     @property
     def usage(self) -> str:
-        names = {"x": "x", "y": "y", "d": "d", "a": "a", "g": "IndClass.industry"}
-        args = [names.get(s.rstrip("?"), s) + ("=1" if s.endswith("?") else "") for s in self.signature]
-        if args[:2] == ["x", "x"]:
-            args[1] = "y"
+        """``correlation(x, y, d)``, ``scale(x, a=1)``: shown when a call has the wrong arguments."""
+        names = iter(["x", "y", "z"])
+        args = []
+        for kind in self.signature:
+            k = kind.rstrip("?")
+            text = next(names) if k == "x" else "IndClass.industry" if k == "g" else k
+            args.append(text + ("=1" if kind.endswith("?") else ""))
         return f"{self.name}({', '.join(args)})"
 
 
@@ -236,6 +274,7 @@ OPS: dict[str, Op] = {
         Op("correlation", correlation, ("x", "x", "d"), "time-series correlation over the past d days"),
         Op("covariance", covariance, ("x", "x", "d"), "time-series covariance over the past d days"),
         Op("stddev", stddev, ("x", "d"), "time-series standard deviation over the past d days"),
+        Op("ts_skewness", ts_skewness, ("x", "d"), "time-series skewness over the past d days"),
         Op("sum", ts_sum, ("x", "d"), "time-series sum over the past d days"),
         Op("product", ts_product, ("x", "d"), "time-series product over the past d days"),
         Op("ts_mean", ts_mean, ("x", "d"), "time-series mean over the past d days"),
@@ -257,7 +296,7 @@ OPS: dict[str, Op] = {
 ALIASES: dict[str, str] = {
     "corr": "correlation", "ts_corr": "correlation", "ts_correlation": "correlation",
     "cov": "covariance", "ts_cov": "covariance", "ts_covariance": "covariance",
-    "std": "stddev", "ts_std": "stddev", "ts_stddev": "stddev",
+    "std": "stddev", "ts_skew": "ts_skewness", "skewness": "ts_skewness", "ts_std": "stddev", "ts_stddev": "stddev",
     "ts_sum": "sum", "ts_product": "product", "ts_delay": "delay", "ts_delta": "delta",
     "mean": "ts_mean", "sma": "ts_mean", "ts_decay_linear": "decay_linear", "decaylinear": "decay_linear",
     "signed_power": "signedpower", "ind_neutralize": "indneutralize", "neutralize": "indneutralize",

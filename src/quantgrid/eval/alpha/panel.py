@@ -115,7 +115,7 @@ def panel_from_frame(df, source: str = "frame") -> Panel:
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(f"{source}: column {c!r} has a non-numeric value {df[c].iloc[i]!r} (data row {i + 1})",
                             hint="prices and volumes must be numbers; leave a cell empty when there is no data")
-        df[c] = values
+        df[c] = values.where(np.isfinite(values))  # "inf" in a file is missing data, not a price
     nonpos = (df["close"] <= 0).sum()
     if nonpos:
         raise DataError(f"{source}: {int(nonpos)} row(s) have close <= 0",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from quantgrid.errors import AuthError, Conflict, ConfigError, NotFound
+from quantgrid.errors import AuthError, ConfigError, Conflict, NotFound
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.models import Token, User, utcnow
 

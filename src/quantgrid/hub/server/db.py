@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+_MIGRATE_LOCK = threading.Lock()
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
@@ -99,7 +101,13 @@ class Database:
         from alembic import command
 
         cfg = self.alembic_config()
-        with self.engine.connect() as conn:
+        # Alembic's context is a module global: one migration at a time per process. Across
+        # processes (a hub and its workers starting together) the write lock taken up front
+        # (SQLite BEGIN IMMEDIATE, a PostgreSQL advisory lock) makes the second one wait, then
+        # find the schema at head.
+        with _MIGRATE_LOCK, self.engine.execution_options(sqlite_immediate=True).connect() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(715517)"))
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
             conn.commit()

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # kind -> "module:function". Engineers plugging in a worker kind add a line here.
 HANDLER_PATHS: dict[str, str] = {
-    "validate": "quantgrid.hub.server.validate:handle_validate_job",
+    "validate": "quantgrid.hub.validate:handle_validate_job",
     "release": "quantgrid.merge.release:handle_release_job",
 }
 # kind -> "module:function(db, job)" run once when a job of that kind is given up on.

@@ -1,0 +1,501 @@
+"""Evaluate an adapter against its base, in domain and out of domain -> results.json.
+
+``run_eval(EvalConfig(...))`` is what ``quantgrid eval`` calls:
+
+1. read the benchmark (a file or ``builtin:NAME``) and the out-of-domain set;
+2. check the adapter against the base (an adapter for another base is an error naming
+   both) and the benchmark against the adapter's training data (overlap is a warning);
+3. load the base ONCE with the adapter attached, and score proof of loss for the base
+   (adapter disabled) and the adapter, on both sets, with a bootstrap CI of the delta;
+4. generate answers greedily for both and compute the generation metrics;
+5. judge the minimum bar (LocoLLM's): the adapter beats the base in its domain and its
+   out-of-domain loss rises by no more than ``ood_threshold``;
+6. write results.json (LocoLLM's fields plus ``loss``, ``metrics``, ``ood``, ``verdict``)
+   and REPORT.md, and with ``write_into_adapter`` the adapter's ``eval/`` folder and
+   manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from quantgrid import __version__
+from quantgrid.data.types import Example
+from quantgrid.errors import ConfigError, DataError, EvalError
+from quantgrid.eval.loss import DEFAULT_BATCH_TOKENS, LossResult, bootstrap_delta_ci
+from quantgrid.eval.metrics import MetricResult, compute_metrics, get_metric, metric_names
+from quantgrid.recipe import Recipe
+from quantgrid.utils import atomic_write_text
+
+DEFAULT_OOD = "builtin:general-ood"
+LOSS = "loss"  # the primary metric by default: proof of loss, what the hub judges
+
+# ProgressFactory(description, total) -> advance(n); the CLI plugs a Rich progress bar in.
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+class EvalConfig(BaseModel):
+    """The settings of one evaluation: the CLI flags, a YAML file and the API body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    benchmark: str = Field(..., description="benchmark file (JSON/JSONL) or builtin:NAME")
+    adapter: Path | None = Field(None, description="adapter directory; none evaluates the base alone")
+    output: Path | None = Field(None, description="where results.json is written")
+    metrics: list[str] = Field(default_factory=list, description="metric names; empty = all; 'loss' alone skips generation")
+    primary_metric: str = Field(LOSS, description="the metric in LocoLLM's adapter_score/base_model_score fields")
+    ood: str | None = Field(DEFAULT_OOD, description="out-of-domain set; None skips the OOD check")
+    base_model: str | None = Field(None, description="base model id or directory (default: the adapter's)")
+    max_new_tokens: int = Field(128, ge=1, le=8192)
+    limit: int | None = Field(None, ge=1, description="use only the first N benchmark items")
+    write_into_adapter: bool = False
+    ood_threshold: float = Field(0.05, ge=0, description="largest allowed relative rise of the OOD loss")
+    max_length: int | None = Field(None, ge=16, description="default: the recipe's max_seq_length")
+    batch_tokens: int = Field(DEFAULT_BATCH_TOKENS, ge=16, description="padded tokens per loss batch")
+    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    patterns: str | None = Field(None, description="pattern-compliance preset (e.g. qi) or a JSON file")
+    train_data: str | None = Field(None, description="the adapter's training data, for an exact overlap check")
+    bootstrap: int = Field(1000, ge=100)
+    seed: int = 0
+    device: str | None = None
+    load_in_4bit: bool | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name != LOSS:
+                get_metric(name)
+        return list(dict.fromkeys(v))
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _primary(cls, v: str) -> str:
+        if v != LOSS:
+            get_metric(v)
+        return v
+
+    @model_validator(mode="after")
+    def _adapter_needed(self) -> EvalConfig:
+        if self.write_into_adapter and self.adapter is None:
+            raise ConfigError("--write-into-adapter needs --adapter", hint="name the adapter directory to write into")
+        return self
+
+    @property
+    def generation_metrics(self) -> list[str]:
+        names = self.metrics or metric_names()
+        return [n for n in names if n != LOSS]
+
+
+@dataclass
+class Evaluation:
+    """Everything one run found; ``results`` is what results.json holds."""
+
+    results: dict[str, Any]
+    examples: list[Example]
+    losses: dict[str | None, LossResult]
+    answers: dict[str | None, list[str]] = field(default_factory=dict)
+    metric_results: dict[str | None, dict[str, MetricResult]] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    adapter_key: str | None = None  # the adapter's name in ``losses`` / ``answers``; None: base only
+
+    @property
+    def verdict(self) -> dict[str, Any] | None:
+        return self.results.get("verdict")
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def load_benchmark(source: str, limit: int | None = None, what: str = "benchmark") -> list[Example]:
+    from quantgrid.data import load_examples
+
+    if not source.startswith("builtin:") and not Path(source).is_file():
+        raise DataError(f"{what} file not found: {source}",
+                        hint="pass a JSON/JSONL file of question/answer pairs, or builtin:finance-dev")
+    examples = load_examples(source)
+    if limit:
+        examples = examples[:limit]
+    if not examples:
+        raise EvalError(f"the {what} {source} is empty: there is nothing to evaluate",
+                        hint="add question/answer records to it (`quantgrid data check FILE` validates a file)")
+    return examples
+
+
+def load_patterns(spec: str | None) -> Any:
+    """A preset name, or a JSON file holding a list or a {"must": [...], "must_not": [...]} mapping."""
+    if spec is None:
+        return None
+    p = Path(spec)
+    if p.suffix.lower() == ".json" or p.is_file():
+        if not p.is_file():
+            raise ConfigError(f"--patterns file not found: {spec}")
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--patterns {spec}: not valid JSON ({e})") from None
+    return spec
+
+
+@dataclass
+class AdapterInfo:
+    recipe: Recipe
+    base_path: str
+    name: str
+    manifest: Any = None  # quantgrid.adapter.Manifest when the adapter has one
+
+
+def resolve_adapter(adapter: Path | None, base_model: str | None) -> AdapterInfo:
+    """The recipe and base of an adapter directory (or of the standard recipe, without one)."""
+    from quantgrid.adapter import MANIFEST, read_manifest
+
+    if adapter is None:
+        recipe = Recipe()
+        return AdapterInfo(recipe, base_model or recipe.base_model, "base")
+    if not (adapter / "adapter_config.json").is_file():
+        raise ConfigError(f"--adapter {adapter} is not an adapter directory (no adapter_config.json)",
+                          hint="pass the directory `quantgrid train` wrote")
+    manifest = read_manifest(adapter) if (adapter / MANIFEST).is_file() else None
+    recipe = Recipe.model_validate(manifest.recipe) if manifest else Recipe()
+    base = base_model
+    if base is None:
+        # The recipe names the base (e.g. quantgrid-tiny-test); train_config.yaml knows
+        # where it was loaded from on the training machine.
+        base = _trained_base_path(adapter) or recipe.base_model
+    return AdapterInfo(recipe, base, adapter.resolve().name, manifest)
+
+
+def _trained_base_path(adapter: Path) -> str | None:
+    import yaml
+
+    cfg = adapter / "training" / "train_config.yaml"
+    if not cfg.is_file():
+        return None
+    try:
+        path = (yaml.safe_load(cfg.read_text(encoding="utf-8")) or {}).get("run", {}).get("base_model_path")
+    except (yaml.YAMLError, AttributeError):
+        return None
+    return path if path and Path(path).is_dir() else None
+
+
+def overlap_warnings(examples: list[Example], adapter: Path | None, manifest: Any, train_data: str | None) -> list[str]:
+    """Warn when the benchmark is (partly) the adapter's training data: its scores would flatter it.
+
+    The manifest's fingerprint holds only counts and one hash of the whole set, so it
+    catches a benchmark that IS the training set; an exact per-item check needs the data
+    itself (``training/dataset.jsonl`` when the contributor kept it, or ``train_data``).
+    """
+    from quantgrid.data import example_hash, fingerprint, load_examples
+
+    out = []
+    train_fp = (manifest.dataset.fingerprint if manifest else None) or {}
+    if train_fp.get("sha256") and train_fp["sha256"] == fingerprint(examples)["sha256"]:
+        out.append("the benchmark is the adapter's training set (same dataset fingerprint): "
+                   "its scores say nothing about held-out data")
+    sources = [s for s in (train_data, adapter / "training" / "dataset.jsonl" if adapter else None)
+               if s is not None and Path(s).is_file()]
+    if sources:
+        train_hashes = {example_hash(ex) for ex in load_examples(sources[0])}
+        n = sum(example_hash(ex) in train_hashes for ex in examples)
+        if n:
+            out.append(f"{n} of {len(examples)} benchmark items are in the adapter's training data "
+                       f"({sources[0]}): the scores overstate the adapter")
+    return out
+
+
+def training_summary(adapter: Path | None, manifest: Any) -> dict[str, Any]:
+    """What the adapter's records say about its training: example count, final train loss."""
+    out: dict[str, Any] = {}
+    if manifest is not None:
+        fp = manifest.dataset.fingerprint or {}
+        if fp.get("n_examples") is not None:
+            out["n_examples"] = int(fp["n_examples"])
+        out["non_standard"] = list(manifest.non_standard)
+    log = adapter / "training" / "TRAINING_LOG.md" if adapter else None
+    if log is not None and log.is_file():
+        train, evals = _losses_from_log(log.read_text(encoding="utf-8"))
+        if train:
+            out["final_train_loss"] = sum(train[-3:]) / len(train[-3:])  # a few rows: one batch is noisy
+        if evals:
+            out["final_eval_loss"] = evals[-1]
+    return out
+
+
+_ROW = re.compile(r"^\|\s*(\d+)\s*\|\s*([\d.]*)\s*\|\s*([\d.]*)\s*\|")
+
+
+def _losses_from_log(text: str) -> tuple[list[float], list[float]]:
+    """Train and eval losses from TRAINING_LOG.md's "| step | train loss | eval loss |" table."""
+    train, evals = [], []
+    for line in text.splitlines():
+        m = _ROW.match(line)
+        if m:
+            if m.group(2):
+                train.append(float(m.group(2)))
+            if m.group(3):
+                evals.append(float(m.group(3)))
+    return train, evals
+
+
+# ---------------------------------------------------------------- judging
+
+
+def relative(new: float, old: float) -> float | None:
+    return (new - old) / abs(old) if old and math.isfinite(old) and math.isfinite(new) else None
+
+
+def improvement(metric: str, adapter: float | None, base: float | None, higher_is_better: bool = True) -> float | None:
+    """LocoLLM's ``improvement``: relative gain over the base (for loss, the relative drop)."""
+    if adapter is None or base is None:
+        return None
+    rel = relative(adapter, base)
+    if rel is None:
+        return None
+    return -rel if (metric == LOSS or not higher_is_better) else rel
+
+
+def judge(loss: dict[str, Any], ood: dict[str, Any] | None, threshold: float) -> dict[str, Any]:
+    """The minimum bar: lower in-domain loss than the base, OOD loss up by at most ``threshold``."""
+    reasons = []
+    in_domain = loss["delta"] is not None and loss["delta"] < 0
+    significant = loss["delta_ci"] is not None and loss["delta_ci"][1] < 0
+    if in_domain:
+        reasons.append(f"in domain the adapter lowers the loss by {-loss['delta']:.4f} nats/token "
+                       f"({-loss['relative_change']:.1%})" + ("" if significant else ", within noise (CI spans 0)"))
+    else:
+        reasons.append("in domain the adapter does not lower the loss below the base's")
+    ood_ok = True
+    if ood is not None:
+        ood_ok = ood["relative_change"] is not None and ood["relative_change"] <= threshold
+        change = ood["relative_change"]
+        reasons.append(f"out of domain the loss changes by {change:+.1%} (allowed: +{threshold:.0%})"
+                       if change is not None else "out of domain the loss could not be computed")
+    else:
+        reasons.append("no out-of-domain set was evaluated")
+    return {"passed": bool(in_domain and ood_ok), "in_domain_better": bool(in_domain),
+            "in_domain_significant": bool(significant), "ood_passed": bool(ood_ok) if ood is not None else None,
+            "ood_threshold": threshold, "reasons": reasons}
+
+
+def _loss_block(losses: dict[str | None, LossResult], adapter_key: str | None, n_boot: int, seed: int
+                ) -> dict[str, Any]:
+    base = losses[None]
+    block: dict[str, Any] = {"unit": "nats per completion token", "base": base.to_dict(),
+                             "padding_fraction": round(base.padding_fraction, 4)}
+    if adapter_key is None:
+        block.update(adapter=None, delta=None, delta_ci=None, relative_change=None)
+        return block
+    ad = losses[adapter_key]
+    lo, hi = bootstrap_delta_ci(base, ad, n=n_boot, seed=seed)
+    block.update(adapter=ad.to_dict(), delta=ad.mean - base.mean,
+                 delta_ci=[lo, hi] if math.isfinite(lo) else None, ci_level=0.95,
+                 relative_change=relative(ad.mean, base.mean))
+    return block
+
+
+# ---------------------------------------------------------------- the run
+
+
+def run_eval(cfg: EvalConfig, *, progress: ProgressFactory | None = None, metric_options: dict | None = None,
+             on_warning: Callable[[str], None] | None = None) -> Evaluation:
+    """Evaluate per ``cfg`` and write results.json / REPORT.md (see the module docstring).
+
+    ``metric_options`` are passed to every metric that names them (``prices=`` for
+    ``alpha_backtest``, ``rel_tol=`` for ``exact_match``...).
+    """
+    from quantgrid.data import fingerprint
+    from quantgrid.eval.generate import generate_answers
+    from quantgrid.eval.loss import completion_losses, load_for_eval
+    from quantgrid.ml.models import base_info
+
+    examples = load_benchmark(cfg.benchmark, cfg.limit)
+    ood_examples = load_benchmark(cfg.ood, None, "out-of-domain set") if cfg.ood and cfg.adapter else None
+    patterns = load_patterns(cfg.patterns)
+    info = resolve_adapter(cfg.adapter, cfg.base_model)
+    recipe = info.recipe
+    warnings = overlap_warnings(examples, cfg.adapter, info.manifest, cfg.train_data)
+    for w in warnings:
+        if on_warning:
+            on_warning(w)
+    base = base_info(info.base_path)
+    # Raises AdapterMismatchError naming both bases, before any weights load.
+    model, tokenizer, names = load_for_eval(info.base_path, [cfg.adapter] if cfg.adapter else [],
+                                            device=cfg.device, load_in_4bit=cfg.load_in_4bit)
+    adapter_key = names[0] if names else None
+    variants: list[str | None] = [None, *names]
+    max_length = cfg.max_length or recipe.training.max_seq_length
+    common = dict(template=recipe.prompt_template, system_prompt=recipe.system_prompt, max_length=max_length,
+                  batch_tokens=cfg.batch_tokens)
+
+    def bar(desc: str, total: int) -> Callable[[int], None] | None:
+        return progress(desc, total) if progress else None
+
+    losses = completion_losses(model, tokenizer, examples, adapters=variants,
+                               progress=bar("proof of loss", len(examples) * len(variants)), **common)
+    ood_losses = None
+    if ood_examples is not None:
+        ood_losses = completion_losses(model, tokenizer, ood_examples, adapters=variants,
+                                       progress=bar("out-of-domain loss", len(ood_examples) * len(variants)), **common)
+
+    answers: dict[str | None, list[str]] = {}
+    metric_results: dict[str | None, dict[str, MetricResult]] = {}
+    gen_metrics = cfg.generation_metrics
+    if gen_metrics:
+        for v in variants:
+            label = "generating (adapter)" if v else "generating (base)"
+            answers[v] = generate_answers(
+                model, tokenizer, examples, template=recipe.prompt_template, system_prompt=recipe.system_prompt,
+                adapter=v, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                max_prompt_tokens=max(16, max_length - cfg.max_new_tokens), progress=bar(label, len(examples)))
+            metric_results[v] = compute_metrics(gen_metrics, examples, answers[v], patterns=patterns,
+                                                **(metric_options or {}))
+
+    loss = _loss_block(losses, adapter_key, cfg.bootstrap, cfg.seed)
+    ood = None
+    if ood_losses is not None and adapter_key is not None:
+        ob, oa = ood_losses[None], ood_losses[adapter_key]
+        ood = {"benchmark": cfg.ood, "n_examples": len(ood_examples or []), "base": ob.to_dict(),
+               "adapter": oa.to_dict(), "delta": oa.mean - ob.mean, "relative_change": relative(oa.mean, ob.mean),
+               "threshold": cfg.ood_threshold}
+        ood["passed"] = ood["relative_change"] is not None and ood["relative_change"] <= cfg.ood_threshold
+
+    metrics_block: dict[str, Any] = {}
+    for name in gen_metrics:
+        b = metric_results[None][name]
+        a = metric_results[adapter_key][name] if adapter_key else None
+        metrics_block[name] = {
+            "base": b.to_dict(), "adapter": a.to_dict() if a else None,
+            "improvement": improvement(name, a.score if a else None, b.score, b.higher_is_better)}
+
+    if cfg.primary_metric == LOSS:
+        base_score, adapter_score = losses[None].mean, (losses[adapter_key].mean if adapter_key else None)
+        higher = False
+    else:
+        if cfg.primary_metric not in gen_metrics:
+            raise ConfigError(f"--primary-metric {cfg.primary_metric} is not among the computed metrics",
+                              hint="add it with --metric, or leave --metric out to compute them all")
+        b = metric_results[None][cfg.primary_metric]
+        base_score = b.score
+        adapter_score = metric_results[adapter_key][cfg.primary_metric].score if adapter_key else None
+        higher = b.higher_is_better
+
+    quant = ("nf4 (4-bit)" if getattr(model, "is_loaded_in_4bit", False)
+             or getattr(getattr(model, "get_base_model", lambda: model)(), "is_loaded_in_4bit", False)
+             else str(next(model.parameters()).dtype).replace("torch.", ""))
+    results: dict[str, Any] = {
+        # LocoLLM's fields, first and in its order
+        "adapter": info.name if cfg.adapter else None,
+        "base_model": base.name,
+        "quantization": quant,
+        "benchmark": cfg.benchmark,
+        "n_examples": len(examples),
+        "metric": cfg.primary_metric,
+        "adapter_score": adapter_score,
+        "base_model_score": base_score,
+        "improvement": improvement(cfg.primary_metric, adapter_score, base_score, higher),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        # quantgrid's additions
+        "quantgrid_version": __version__,
+        "base_fingerprint": base.fingerprint,
+        "benchmark_fingerprint": fingerprint(examples)["sha256"],
+        "recipe_hash": recipe.hash(),
+        "settings": {"prompt_template": recipe.prompt_template, "max_length": max_length,
+                     "max_new_tokens": cfg.max_new_tokens if gen_metrics else None, "decoding": "greedy",
+                     "bootstrap": cfg.bootstrap, "seed": cfg.seed,
+                     "metrics_requested": [m for m in cfg.metrics if m != LOSS]},
+        "loss": loss,
+        "metrics": metrics_block,
+        "ood": ood,
+        "verdict": judge(loss, ood, cfg.ood_threshold) if adapter_key else None,
+        "warnings": warnings,
+    }
+    if adapter_key and ood_examples is None:
+        results["warnings"].append("no out-of-domain set: forgetting was not checked")
+
+    ev = Evaluation(results=results, examples=examples, losses=losses, answers=answers,
+                    metric_results=metric_results, training=training_summary(cfg.adapter, info.manifest),
+                    adapter_key=adapter_key)
+    from quantgrid.eval.report import diagnoses
+
+    results["diagnoses"] = diagnoses(ev)
+    write_outputs(ev, cfg)
+    return ev
+
+
+def write_outputs(ev: Evaluation, cfg: EvalConfig) -> list[Path]:
+    """results.json + REPORT.md beside ``cfg.output``; with ``write_into_adapter``, also the
+    adapter's eval/{benchmark.jsonl, results.json, REPORT.md} and its manifest's eval summary."""
+    from quantgrid.eval.report import report_markdown
+
+    written: list[Path] = []
+    ev.results = _finite_only(ev.results)
+    text = json.dumps(ev.results, indent=2, allow_nan=False, default=_json_default)
+    report = report_markdown(ev)
+    if cfg.output is not None:
+        written.append(atomic_write_text(cfg.output, text + "\n"))
+        written.append(atomic_write_text(cfg.output.parent / "REPORT.md", report))
+    if cfg.write_into_adapter and cfg.adapter is not None:
+        written += write_into_adapter(cfg.adapter, ev, text, report)
+    return written
+
+
+def write_into_adapter(adapter: Path, ev: Evaluation, results_text: str, report: str) -> list[Path]:
+    from quantgrid.adapter import MANIFEST, read_manifest, write_manifest
+    from quantgrid.data.sets import render_jsonl
+
+    eval_dir = adapter / "eval"
+    written = [
+        atomic_write_text(eval_dir / "benchmark.jsonl", render_jsonl(ev.examples)),
+        atomic_write_text(eval_dir / "results.json", results_text + "\n"),
+        atomic_write_text(eval_dir / "REPORT.md", report),
+    ]
+    if (adapter / MANIFEST).is_file():
+        # Rewrite the manifest last, from the previous one, so every hash covers the new files.
+        prev = read_manifest(adapter)
+        write_manifest(adapter, recipe=Recipe.model_validate(prev.recipe), base_name=prev.base_model.name,
+                       base_fingerprint=prev.base_model.fingerprint, eval_summary=eval_summary(ev.results),
+                       previous=prev)
+        written.append(adapter / MANIFEST)
+    return written
+
+
+def eval_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's short version of results.json."""
+    loss, ood, verdict = results["loss"], results.get("ood"), results.get("verdict") or {}
+    return {
+        "benchmark": results["benchmark"], "benchmark_fingerprint": results["benchmark_fingerprint"],
+        "n_examples": results["n_examples"], "timestamp": results["timestamp"],
+        "loss_base": loss["base"]["mean_nats_per_token"],
+        "loss_adapter": (loss.get("adapter") or {}).get("mean_nats_per_token"),
+        "loss_delta": loss.get("delta"), "loss_delta_ci": loss.get("delta_ci"),
+        "ood_relative_change": ood.get("relative_change") if ood else None,
+        "metrics": {k: {"base": v["base"]["score"], "adapter": (v.get("adapter") or {}).get("score")}
+                    for k, v in results.get("metrics", {}).items()},
+        "passed": verdict.get("passed"),
+    }
+
+
+def _finite_only(o: Any) -> Any:
+    """nan/inf -> None: results.json stays strict JSON that every parser reads."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite_only(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite_only(v) for v in o]
+    return o
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")

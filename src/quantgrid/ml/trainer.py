@@ -1,0 +1,583 @@
+"""QuantGridTrainer: the one standardized LoRA recipe, top to bottom.
+
+    from quantgrid.ml.trainer import QuantGridTrainer
+    QuantGridTrainer().train(dataset_path="my_sec_data.json", output_dir="./my_sec_adapter",
+                             num_epochs=3, batch_size=4)
+
+``run_training`` reads in the order things happen:
+
+1. resolve the settings (recipe + overrides) into one validated ``TrainConfig``;
+2. check the output directory, the base model and the data *before* any heavy work,
+   so a bad input costs seconds and leaves nothing behind;
+3. load the base (4-bit NF4 on CUDA with bitsandbytes, i.e. QLoRA; fp32 on CPU) and
+   attach the recipe's LoRA;
+4. train: padding-free packed micro-batches, loss on completion tokens only, gradient
+   accumulation, warmup + schedule, clipping, an eval every epoch, optional early
+   stopping, atomic checkpoints every ``save_steps`` steps and at each epoch end;
+5. write the adapter directory in a temp sibling and rename it into place, with the
+   manifest last; delete the checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from quantgrid.errors import ConfigError, DataError, OutOfMemoryError, QuantGridError
+from quantgrid.recipe import Recipe, format_validation_error
+
+# ---------------------------------------------------------------- settings
+
+
+class RunSettings(BaseModel):
+    """Everything about one run that is not the recipe (the recipe is what the hub checks)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    dataset: str = Field(..., description="training data: a JSON/JSONL file or builtin:NAME")
+    output_dir: str = Field(..., description="where the adapter directory is written")
+    base_model_path: str | None = Field(None, description="where the base weights load from (default: recipe.base_model)")
+    eval_dataset: str | None = Field(None, description="held-out data; default: a split of the training data")
+    data_format: str | None = None
+    lenient: bool = False
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    save_steps: int = Field(100, ge=1, description="checkpoint every N optimizer steps")
+    resume: bool = False
+    overwrite: bool = False
+    include_dataset: bool = False
+    keep_checkpoints: bool = False
+    backend: Literal["auto", "hf", "unsloth"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    load_in_4bit: bool | None = Field(None, description="default: on for CUDA + bitsandbytes (QLoRA)")
+    device: str | None = None
+    author: str | None = None
+    dataset_description: str | None = None
+    log_every: int = Field(10, ge=1)
+    progress: Literal["auto", "rich", "plain", "none"] = "auto"
+
+
+class TrainConfig(BaseModel):
+    """The exact resolved settings of a run; saved as ``training/train_config.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    recipe: Recipe
+    run: RunSettings
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# Flat names (Python keyword arguments, CLI flags with "-" for "_", keys of --config)
+# -> where they live in TrainConfig. One table, so every entry point agrees.
+SETTINGS: dict[str, str] = {
+    "lora_rank": "recipe.lora.r", "lora_alpha": "recipe.lora.alpha", "target_modules": "recipe.lora.target_modules",
+    "lora_dropout": "recipe.lora.dropout", "lora_bias": "recipe.lora.bias", "base_model": "recipe.base_model",
+    "prompt_template": "recipe.prompt_template",
+    "system_prompt": "recipe.system_prompt", "base_revision": "recipe.base_revision",
+    **{k: f"recipe.training.{k}" for k in ("epochs", "batch_size", "grad_accum", "lr", "warmup_ratio", "schedule",
+                                            "weight_decay", "max_grad_norm", "max_seq_length", "seed",
+                                            "eval_fraction", "early_stopping_patience")},
+    "num_epochs": "recipe.training.epochs", "learning_rate": "recipe.training.lr",
+    **{k: f"run.{k}" for k in RunSettings.model_fields},
+    "dataset_path": "run.dataset", "output": "run.output_dir", "format": "run.data_format",
+}
+FLAG_NAMES = {v: "--" + k.replace("_", "-") for k, v in reversed(list(SETTINGS.items()))}
+FLAG_NAMES.update({"recipe.training.epochs": "--epochs", "recipe.training.lr": "--lr", "run.dataset": "--dataset",
+                   "run.output_dir": "--output", "run.base_model_path": "--base-model", "run.data_format": "--format"})
+
+
+def resolve_config(recipe: Recipe, overrides: dict[str, Any], base_model: str | None = None) -> TrainConfig:
+    """recipe + flat overrides -> a validated TrainConfig; errors name the user's flag."""
+    tree: dict[str, Any] = {"recipe": recipe.model_dump(mode="json"), "run": {}}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name not in SETTINGS:
+            raise ConfigError(f"unknown training setting {name!r}",
+                              hint=f"known settings: {', '.join(sorted(SETTINGS))}")
+        node = tree
+        *parents, leaf = SETTINGS[name].split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    if base_model:
+        tree["run"]["base_model_path"] = base_model
+    for required in ("dataset", "output_dir"):
+        if not tree["run"].get(required):
+            flag = FLAG_NAMES[f"run.{required}"]
+            raise ConfigError(f"no {required.replace('_', ' ')} given",
+                              hint=f"pass {flag} (or set it in --config; "
+                                   f"{'dataset_path' if required == 'dataset' else required}= in Python)")
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(f"invalid training settings: {format_validation_error(e, FLAG_NAMES)}",
+                          hint="fix the value named above (see `quantgrid train --help`)") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A train.yaml -> flat overrides. It may be a saved ``train_config.yaml`` ({recipe, run})
+    or flat keys (``dataset: x.jsonl``, ``lora_rank: 8``), or a mix."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: {p} not found", hint="pass a YAML file, e.g. a previous run's training/train_config.yaml")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {p}: expected a mapping of settings, got {type(data).__name__}")
+    flat: dict[str, Any] = {}
+    recipe = data.pop("recipe", None) or {}
+    for section, prefix in (("lora", "recipe.lora."), ("training", "recipe.training.")):
+        for k, v in (recipe.pop(section, None) or {}).items():
+            flat[_flat_name(prefix + k, p)] = v
+    for k, v in recipe.items():
+        flat[_flat_name("recipe." + k, p)] = v
+    for k, v in (data.pop("run", None) or {}).items():
+        flat[k] = v
+    flat.update(data)
+    return flat
+
+
+def _flat_name(path: str, source: Path) -> str:
+    for k, v in SETTINGS.items():
+        if v == path:
+            return k
+    raise ConfigError(f"--config {source}: unknown setting {path!r}")
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class PreparedData:
+    train: list  # list[Encoded]
+    eval: list
+    train_examples: list  # list[Example], for --include-dataset
+    summary: dict[str, Any]
+    fingerprint: dict[str, Any]
+
+
+def prepare_data(cfg: TrainConfig, tokenizer) -> PreparedData:
+    """Load, encode (prompt masked), filter and split. Raises DataError with a clear message."""
+    from quantgrid.data import example_hash, fingerprint, load_examples_report
+    from quantgrid.ml.tokenize import encode
+
+    run, rec = cfg.run, cfg.recipe
+    report = load_examples_report(run.dataset, format=run.data_format, lenient=run.lenient)
+    examples = list(report.examples)
+    if run.eval_dataset:
+        held_out = load_examples_report(run.eval_dataset, format=run.data_format, lenient=run.lenient).examples
+        # Leakage: an example in both sets would make the eval loss meaningless.
+        eval_hashes = {example_hash(e) for e in held_out}
+        n_before = len(examples)
+        examples = [e for e in examples if example_hash(e) not in eval_hashes]
+        if not examples:
+            raise DataError(f"dataset empty after filtering: all {n_before} examples of {run.dataset} also appear in "
+                            f"the eval dataset {run.eval_dataset}",
+                            hint="pass held-out data to --eval-dataset that is not in the training set")
+        eval_source = run.eval_dataset
+    else:
+        import random
+
+        n_eval = round(len(examples) * rec.training.eval_fraction)
+        if rec.training.eval_fraction > 0 and len(examples) >= 10:
+            n_eval = max(1, n_eval)
+        if n_eval >= len(examples):
+            n_eval = 0
+        order = list(range(len(examples)))
+        random.Random(rec.training.seed).shuffle(order)
+        held_out = [examples[i] for i in order[:n_eval]]
+        examples = [examples[i] for i in sorted(order[n_eval:])]
+        eval_source = f"{n_eval} examples split off the training data (eval_fraction {rec.training.eval_fraction})"
+
+    max_len = rec.training.max_seq_length
+
+    def enc(exs):
+        return [encode(tokenizer, e, rec.prompt_template, max_len, rec.system_prompt) for e in exs]
+
+    train_enc, eval_enc = enc(examples), enc(held_out)
+    keep = [i for i, e in enumerate(train_enc) if e.n_completion_tokens > 0]
+    n_too_long = len(train_enc) - len(keep)
+    if not keep:
+        full = [len(encode(tokenizer, e, rec.prompt_template, None, rec.system_prompt)) for e in examples[:200]]
+        need = min(full) if full else max_len
+        raise DataError(
+            f"max_seq_length {max_len} is shorter than the prompts: none of the {len(train_enc)} examples has room "
+            f"left for its answer (the shortest example is {need} tokens)",
+            hint=f"raise --max-seq-length (at least {need}), or shorten the prompts/context")
+    n_truncated = sum(1 for i in keep if len(train_enc[i]) == max_len)
+    train_enc = [train_enc[i] for i in keep]
+    train_examples = [examples[i] for i in keep]
+    eval_enc = [e for e in eval_enc if e.n_completion_tokens > 0]
+    fp = fingerprint(train_examples)
+    summary = {
+        "source": run.dataset, "format": report.format, "n_read": len(report.examples) + report.n_skipped,
+        "n_skipped": report.n_skipped, "n_too_long": n_too_long, "n_truncated": n_truncated,
+        "n_train": len(train_enc), "n_eval": len(eval_enc), "eval_source": eval_source,
+        "train_tokens": sum(len(e) for e in train_enc),
+        "train_loss_tokens": sum(e.n_completion_tokens for e in train_enc),
+        "fingerprint_hash": fp.get("sha256", "")[:16],
+    }
+    return PreparedData(train_enc, eval_enc, train_examples, summary, fp)
+
+
+# ---------------------------------------------------------------- model
+
+
+def unsloth_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def load_model(cfg: TrainConfig, base_path: str, backend: str, device: str):
+    """(PeftModel with a fresh trainable LoRA, tokenizer, description of how the base loaded)."""
+    import torch
+
+    from quantgrid.ml.models import attach_lora, four_bit_available, load_base
+
+    rec, run = cfg.recipe, cfg.run
+    torch.manual_seed(rec.training.seed)  # LoRA A's init draws from it
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel
+
+        four_bit = run.load_in_4bit if run.load_in_4bit is not None else True
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=base_path, max_seq_length=rec.training.max_seq_length, load_in_4bit=four_bit,
+            dtype=None if run.dtype == "auto" else getattr(torch, run.dtype))
+        model = FastLanguageModel.get_peft_model(
+            model, r=rec.lora.r, lora_alpha=rec.lora.alpha, target_modules=list(rec.lora.target_modules),
+            lora_dropout=rec.lora.dropout, bias=rec.lora.bias, use_gradient_checkpointing="unsloth",
+            random_state=rec.training.seed)
+        return model, tok, f"Unsloth ({'4-bit' if four_bit else 'bf16'})"
+    four_bit = run.load_in_4bit
+    if four_bit is None:
+        four_bit = device.startswith("cuda") and four_bit_available()
+    model, tok = load_base(base_path, revision=None if Path(base_path).exists() else rec.base_revision,
+                           load_in_4bit=four_bit, dtype=None if run.dtype == "auto" else run.dtype, device=device)
+    if four_bit:
+        # QLoRA: norms to fp32, inputs require grad, gradient checkpointing on.
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+    model = attach_lora(model, rec)
+    return model, tok, "4-bit NF4 (QLoRA)" if four_bit else f"{next(model.parameters()).dtype} on {device}"
+
+
+def choose_backend(requested: str, device: str) -> str:
+    if requested == "unsloth":
+        if not unsloth_available():
+            raise ConfigError("--backend unsloth: Unsloth is not installed",
+                              hint="pip install unsloth (needs a CUDA GPU), or use --backend hf")
+        if not device.startswith("cuda"):
+            raise ConfigError("--backend unsloth needs a CUDA GPU", hint="use --backend hf on this machine")
+        return "unsloth"
+    if requested == "auto" and device.startswith("cuda") and unsloth_available():
+        return "unsloth"
+    return "hf"
+
+
+def _is_oom(e: BaseException) -> bool:
+    import torch
+
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def oom_error(cfg: TrainConfig) -> OutOfMemoryError:
+    t = cfg.recipe.training
+    return OutOfMemoryError(
+        f"out of memory while training (batch size {t.batch_size}, max_seq_length {t.max_seq_length})",
+        hint=f"use a smaller batch: --batch-size {max(1, t.batch_size // 2)} --grad-accum {t.grad_accum * 2} keeps "
+             f"the same effective batch; or a shorter --max-seq-length; or load the base in 4-bit on a CUDA GPU "
+             f"(pip install 'quantgrid[cuda]')")
+
+
+class TrainingInterrupted(QuantGridError):
+    """Ctrl-C: a checkpoint was saved; ``hint`` says how to resume."""
+
+    code = "interrupted"
+
+
+# ---------------------------------------------------------------- the run
+
+
+def check_output_dir(cfg: TrainConfig) -> bool:
+    """Refuse to replace a directory that is not an adapter. Returns whether one exists."""
+    from quantgrid.adapter import is_adapter_dir
+
+    out = Path(cfg.run.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output {out} is a file, not a directory", hint="choose a new directory name")
+    if out.is_dir() and any(out.iterdir()) and not is_adapter_dir(out) and not cfg.run.overwrite:
+        raise ConfigError(f"--output {out} already exists and is not a quantgrid adapter",
+                          hint="choose a new directory, or pass --overwrite to replace it")
+    return out.exists()
+
+
+def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=None,
+                 on_step: Callable[[Any], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train and write the adapter directory; returns (path, stats). See the module docstring."""
+    import torch
+    from transformers import get_scheduler
+
+    from quantgrid.ml import checkpoint as ckpt
+    from quantgrid.ml.batching import epoch_order, eval_batches, loss_sum, micro_batches
+    from quantgrid.ml.models import base_info, default_device, load_tokenizer
+    from quantgrid.ml.training_log import Progress
+
+    t_start = time.perf_counter()
+    rec, run, t = cfg.recipe, cfg.run, cfg.recipe.training
+    # -- 2. cheap checks first: output, base (config only), data
+    replacing = check_output_dir(cfg)
+    base_path = run.base_model_path or rec.base_model
+    info = base_info(base_path)
+    data = prepare_data(cfg, load_tokenizer(base_path))
+    device = run.device or default_device()
+    backend = choose_backend(run.backend, device)
+    standard = standard or Recipe()
+    non_standard = rec.standard_fields_differ(standard)
+    identity = {"recipe_hash": rec.hash(), "dataset": data.fingerprint.get("sha256"), "base": info.fingerprint,
+                "eval": [len(data.eval), sum(len(e) for e in data.eval)]}
+
+    # -- 3. model, optimizer, schedule
+    model, _tok, load_desc = load_model(cfg, base_path, backend, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+    batches_per_epoch = math.ceil(len(data.train) / t.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / t.grad_accum)
+    total_steps = math.ceil(steps_per_epoch * t.epochs)
+    if run.max_steps:
+        total_steps = min(total_steps, run.max_steps)
+    scheduler = get_scheduler(t.schedule, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    ckpt_root = ckpt.checkpoints_dir(run.output_dir)
+    state = ckpt.TrainState(identity=identity)
+    if run.resume:
+        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run.output_dir, identity), model, optimizer, scheduler)
+    progress = Progress(total_steps, start_step=state.step, mode=run.progress, log_every=run.log_every, console=console)
+    slice_logits = backend == "hf"
+
+    def evaluate() -> float | None:
+        if not data.eval:
+            return None
+        model.eval()
+        total = count = 0.0
+        with torch.no_grad():
+            for b in eval_batches(data.eval, t.batch_size):
+                total += loss_sum(model, b.to(device), slice_logits=slice_logits).item()
+                count += b.n_loss_tokens
+        return total / max(count, 1)
+
+    def record_eval() -> None:
+        loss = evaluate()
+        if loss is None:
+            return
+        state.evals.append({"step": state.step, "epoch": state.epoch, "eval_loss": loss})
+        if state.best_eval is None or loss < state.best_eval - 1e-4:
+            state.best_eval, state.bad_evals = loss, 0
+        else:
+            state.bad_evals += 1
+        progress.note(f"eval loss {loss:.4f} at step {state.step} (epoch {state.epoch})")
+
+    def save() -> None:
+        ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state)
+
+    progress.note(f"training {data.summary['n_train']} examples ({data.summary['train_tokens']:,} tokens), "
+                  f"{total_steps} steps, base {info.name} as {load_desc}"
+                  + (f", resumed at step {state.step}" if run.resume else ""))
+    if non_standard:
+        progress.note(f"note: non-standard recipe ({', '.join(non_standard)}): fine for local work; "
+                      "the manifest marks this adapter non-standard", always=True)
+    # -- 4. train
+    stopped = "reached the planned steps"
+    try:
+        if not state.evals:
+            record_eval()  # at step 0 the LoRA update is zero: this is the base model's loss
+        while state.step < total_steps:
+            order = epoch_order(len(data.train), t.seed, state.epoch)
+            window: list = []
+            tick = time.perf_counter()  # step time includes packing, as a data loader's would
+            batches = micro_batches(data.train, order, t.batch_size, start=state.position)
+            for i, batch in batches:
+                window.append(batch)
+                if len(window) < t.grad_accum and i < batches_per_epoch - 1:
+                    continue
+                # One optimizer step over `window`: dividing every micro-batch's summed
+                # loss by the window's completion tokens gives the token-mean loss.
+                model.train()
+                n_loss = sum(b.n_loss_tokens for b in window)
+                step_loss = 0.0
+                for b in window:
+                    loss = loss_sum(model, b.to(device), slice_logits=slice_logits) / max(n_loss, 1)
+                    loss.backward()
+                    step_loss += loss.item()
+                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+                lr = scheduler.get_last_lr()[0]  # the rate this step uses
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                n_tok = sum(b.n_tokens for b in window)
+                window = []
+                state.train_seconds += time.perf_counter() - tick
+                state.step += 1
+                state.position = i + 1
+                state.tokens_seen += n_tok
+                state.loss_tokens_seen += n_loss
+                state.history.append({"step": state.step, "loss": step_loss, "lr": lr, "tokens": state.tokens_seen})
+                recent = [h["loss"] for h in state.history[-run.log_every:]]
+                progress.update(state.step, sum(recent) / len(recent), state.tokens_seen / state.train_seconds, lr)
+                if on_step is not None:
+                    on_step(state)
+                if state.step >= total_steps:
+                    break
+                if state.step % run.save_steps == 0:
+                    save()
+                tick = time.perf_counter()
+            else:  # the epoch ran to its end
+                state.epoch, state.position = state.epoch + 1, 0
+                record_eval()
+                save()
+                if t.early_stopping_patience and state.bad_evals >= t.early_stopping_patience:
+                    stopped = f"early stopping: eval loss did not improve for {state.bad_evals} epochs"
+                    break
+        if not state.evals or state.evals[-1]["step"] != state.step:
+            record_eval()
+    except KeyboardInterrupt:
+        progress.close()
+        path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state) if state.step else None
+        where = f"a checkpoint at step {state.step} is in {path}" if path else "no step had finished, nothing saved"
+        raise TrainingInterrupted(f"training interrupted; {where}",
+                                  hint="run the same command again with --resume to continue" if path else
+                                  "run the same command again to start over") from None
+    except Exception as e:
+        if _is_oom(e):
+            raise oom_error(cfg) from None
+        raise
+    finally:
+        progress.close()
+
+    # -- 5. the adapter directory, complete or not at all
+    out = write_adapter(cfg, model, data, state, info, standard, stopped, load_desc, device,
+                        time.perf_counter() - t_start, replacing)
+    if not run.keep_checkpoints:
+        import shutil
+
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+    stats = {"steps": state.step, "tokens": state.tokens_seen, "loss_tokens": state.loss_tokens_seen,
+             "train_seconds": state.train_seconds, "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
+             "final_train_loss": state.history[-1]["loss"] if state.history else None,
+             "train_losses": [h["loss"] for h in state.history],
+             "eval_losses": [e["eval_loss"] for e in state.evals], "non_standard": non_standard, "stopped": stopped}
+    return out, stats
+
+
+def write_adapter(cfg: TrainConfig, model, data: PreparedData, state, info, standard: Recipe, stopped: str,
+                  load_desc: str, device: str, seconds: float, replacing: bool) -> Path:
+    from quantgrid.adapter import CONFIG, write_manifest
+    from quantgrid.data import write_records
+    from quantgrid.ml.training_log import hardware_summary, plot_losses, training_log_md
+    from quantgrid.utils import atomic_dir
+
+    rec, run = cfg.recipe, cfg.run
+    non_standard = rec.standard_fields_differ(standard)
+    out = Path(run.output_dir)
+    with atomic_dir(out, overwrite=replacing) as tmp:
+        model.save_pretrained(str(tmp))  # PEFT: adapter_config.json + adapter_model.safetensors, LoRA only
+        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
+        # The config records our base name, not this machine's path to it (that leaks
+        # the user's directory layout and means nothing elsewhere).
+        conf = json.loads((tmp / CONFIG).read_text())
+        conf["base_model_name_or_path"] = rec.base_model
+        (tmp / CONFIG).write_text(json.dumps(conf, indent=2, sort_keys=True))
+        training = tmp / "training"
+        training.mkdir()
+        (training / "train_config.yaml").write_text(cfg.to_yaml())
+        base = {"name": info.name, "fingerprint": info.fingerprint, "load": load_desc}
+        (training / "TRAINING_LOG.md").write_text(training_log_md(
+            config=cfg.model_dump(mode="json"), data=data.summary, state=state, stopped=stopped,
+            hardware=hardware_summary(device), base=base, seconds=seconds, non_standard=non_standard))
+        plot_losses(state, training / "loss.png")
+        if run.include_dataset:
+            write_records(training / "dataset.jsonl", data.train_examples)
+        # Last: the manifest hashes every file written above.
+        write_manifest(tmp, recipe=rec, base_name=info.name, base_fingerprint=info.fingerprint,
+                       standard=standard, author=run.author, dataset_description=run.dataset_description,
+                       dataset_fingerprint=data.fingerprint)
+    return out
+
+
+# ---------------------------------------------------------------- the public API
+
+
+class QuantGridTrainer:
+    """Train a LoRA adapter with the standardized recipe.
+
+    ``base_model`` defaults to ``recipe.base_model``; ``recipe`` defaults to the built-in
+    standard recipe (``quantgrid recipe show``), or pass the hub's. ``standard`` is the
+    recipe changes are compared against to mark an adapter non-standard (default: ``recipe``).
+    """
+
+    def __init__(self, base_model: str | None = None, recipe: Recipe | None = None, *,
+                 standard: Recipe | None = None, console=None, **defaults: Any):
+        self.recipe = recipe or Recipe()
+        self.base_model = base_model
+        self.standard = standard or self.recipe
+        self.console = console
+        self.defaults = defaults
+        self.last_stats: dict[str, Any] | None = None
+
+    def config(self, dataset_path: str | Path | None = None, output_dir: str | Path | None = None,
+               num_epochs: float | None = None, batch_size: int | None = None, **overrides: Any) -> TrainConfig:
+        base_model = overrides.pop("base_model", None) or self.base_model
+        recipe = self.recipe
+        if base_model:
+            recipe = _recipe_for_base(recipe, base_model)
+        flat = {**self.defaults, **overrides}
+        for name, value in (("dataset", dataset_path), ("output_dir", output_dir), ("epochs", num_epochs),
+                            ("batch_size", batch_size)):
+            if value is not None:
+                flat[name] = str(value) if isinstance(value, Path) else value
+        return resolve_config(recipe, flat, base_model=base_model)
+
+    def train(self, dataset_path: str | Path | None = None, output_dir: str | Path | None = None,
+              num_epochs: float | None = None, batch_size: int | None = None, *,
+              on_step: Callable[[Any], None] | None = None, **overrides: Any) -> Path:
+        """Train and write the adapter directory; returns its path.
+
+        ``num_epochs`` and ``batch_size`` default to the recipe's (3 and 4). Any other
+        setting can be overridden by name: ``lr``, ``grad_accum``, ``max_steps``,
+        ``max_seq_length``, ``lora_rank``, ``eval_dataset``, ``resume``, ``overwrite``,
+        ``include_dataset``, ``backend``... (``SETTINGS`` lists them all).
+        """
+        from rich.console import Console
+
+        cfg = self.config(dataset_path, output_dir, num_epochs, batch_size, **overrides)
+        out, self.last_stats = run_training(cfg, standard=self.standard, console=self.console, on_step=on_step)
+        (self.console or Console()).print(f"Adapter saved to {out}", highlight=False, soft_wrap=True)
+        return out
+
+
+def _recipe_for_base(recipe: Recipe, base_model: str) -> Recipe:
+    """The recipe names the base by its stable name: a tiny base's quantgrid name, or the
+    id the user gave. So the same base at different paths gives the same recipe hash."""
+    from quantgrid.ml.models import base_info
+
+    name = base_info(base_model).name
+    if name == recipe.base_model:
+        return recipe
+    return recipe.model_copy(update={"base_model": name})
+

@@ -1,0 +1,201 @@
+"""quantgrid serve as real servers on 127.0.0.1, driven by the real `openai` and `ollama` clients.
+
+The front server runs in a uvicorn thread; its upstream is a second quantgrid server
+started as a separate process through the CLI, so fallback goes over real HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+torch = pytest.importorskip("torch")
+openai = pytest.importorskip("openai")
+ollama = pytest.importorskip("ollama")
+uvicorn = pytest.importorskip("uvicorn")
+
+from quantgrid.serve.app import create_app  # noqa: E402
+from quantgrid.serve.settings import ServeSettings  # noqa: E402
+from quantgrid.serve.upstream import UpstreamConfig  # noqa: E402
+
+
+def _adapter(base: str, out: Path, seed: int, description: str) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    from quantgrid.ml.models import load_base
+
+    model, _ = load_base(base)
+    torch.manual_seed(seed)
+    pm = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["o_proj"], lora_dropout=0.0))
+    for name, p in pm.named_parameters():
+        if "lora_" in name:
+            torch.nn.init.normal_(p, std=0.5)
+    pm.save_pretrained(str(out))
+    (out / "quantgrid.json").write_text(json.dumps({"dataset": {"description": description}}))
+    return out
+
+
+def _free_socket() -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def _wait_healthy(url: str, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"upstream server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def crypto(tiny_base, tmp_path_factory) -> Path:
+    return _adapter(tiny_base, tmp_path_factory.mktemp("ad") / "crypto", 2, "Crypto: bitcoin, ethereum, funding")
+
+
+@pytest.fixture(scope="module")
+def upstream_url(tiny_base, crypto):
+    """A second quantgrid server, a separate process started with `quantgrid serve`."""
+    sock = _free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    cli = shutil.which("quantgrid", path=str(Path(sys.executable).parent)) or "quantgrid"
+    env = {**os.environ, "LOCAL_PYTORCH_ENABLED": "true"}
+    proc = subprocess.Popen([cli, "serve", "--base", tiny_base, "--adapter", f"crypto={crypto}", "--port", str(port),
+                             "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc=proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+class _ThreadServer:
+    def __init__(self, app):
+        self.sock = _free_socket()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        _wait_healthy(self.url)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def front(tiny_base, crypto, upstream_url):
+    settings = ServeSettings(base=tiny_base, adapters={"crypto": str(crypto)}, router_method="keywords",
+                             auto_fallback="upstream",
+                             upstreams=[UpstreamConfig(name="twin", base_url=upstream_url + "/v1")])
+    app = create_app(settings)
+    with _ThreadServer(app) as srv:
+        srv.app = app
+        yield srv
+
+
+def test_openai_client_chat_and_completions(front):
+    client = openai.OpenAI(base_url=front.url + "/v1", api_key="unused")
+    assert {"quantgrid", "base", "auto", "quantgrid:crypto"} <= {m.id for m in client.models.list()}
+    chat = client.chat.completions.create(model="quantgrid:crypto", max_tokens=8, temperature=0, seed=1,
+                                          messages=[{"role": "user", "content": "What is bitcoin?"}])
+    assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 8
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="quantgrid:crypto", max_tokens=8, temperature=0, stream=True,
+        messages=[{"role": "user", "content": "What is bitcoin?"}]) if c.choices)
+    assert streamed == chat.choices[0].message.content
+    comp = client.completions.create(model="quantgrid:crypto", prompt="Funding rates", max_tokens=6, temperature=0)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="quantgrid:crypto", prompt="Funding rates", max_tokens=6, temperature=0, stream=True))
+    assert streamed == comp.choices[0].text and len(comp.choices[0].text) > 0
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="no-such-model", prompt="x")
+    with pytest.raises(openai.BadRequestError, match="1024"):
+        client.completions.create(model="base", prompt="word " * 2000)
+
+
+def test_ollama_client(front):
+    client = ollama.Client(host=front.url)
+    assert "quantgrid:crypto" in [m.model for m in client.list().models]
+    r = client.generate(model="quantgrid:crypto", prompt="bitcoin", options={"temperature": 0, "num_predict": 5})
+    assert r.done and r.eval_count == 5 and r.response
+    parts = list(client.chat(model="quantgrid:crypto", messages=[{"role": "user", "content": "bitcoin"}],
+                             options={"temperature": 0, "num_predict": 5}, stream=True))
+    assert parts[-1].done and "".join(p.message.content for p in parts) == \
+        client.chat(model="quantgrid:crypto", messages=[{"role": "user", "content": "bitcoin"}],
+                    options={"temperature": 0, "num_predict": 5}).message.content
+
+
+def test_fallback_to_a_second_server_over_http(front):
+    body = {"model": "auto", "prompt": "Write a haiku", "max_tokens": 4, "temperature": 0}
+    r = httpx.post(front.url + "/v1/completions", json=body, timeout=60)  # the router finds nothing local
+    assert r.status_code == 200 and r.headers["X-QuantGrid-Backend"] == "upstream:twin"
+    r = httpx.post(front.url + "/v1/completions", json={**body, "prompt": "bitcoin funding"}, timeout=60)
+    assert r.headers["X-QuantGrid-Backend"] == "local" and r.headers["X-QuantGrid-Adapter"] == "crypto"
+    # A local engine that times out: the upstream answers, with the same greedy text.
+    local = httpx.post(front.url + "/v1/completions", timeout=60, json={**body, "model": "quantgrid:crypto"}).json()
+    front.app.state.qg.settings.local_timeout_s = 1e-6
+    try:
+        with httpx.stream("POST", front.url + "/v1/completions", timeout=60,
+                          json={**body, "model": "quantgrid:crypto", "stream": True}) as r:
+            assert r.headers["X-QuantGrid-Backend"] == "upstream:twin"
+            text = "".join(json.loads(ln[6:])["choices"][0]["text"] for ln in r.iter_lines()
+                           if ln.startswith("data: {"))
+    finally:
+        front.app.state.qg.settings.local_timeout_s = 30.0
+    assert text == local["choices"][0]["text"]
+
+
+def test_local_disabled_sends_everything_upstream(upstream_url, monkeypatch):
+    monkeypatch.setenv("LOCAL_PYTORCH_ENABLED", "false")
+    app = create_app(ServeSettings(upstreams=[UpstreamConfig(name="down", base_url="http://127.0.0.1:9/v1"),
+                                              UpstreamConfig(name="twin", base_url=upstream_url + "/v1")]))
+    with _ThreadServer(app) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused")
+        raw = client.chat.completions.with_raw_response.create(
+            model="quantgrid:crypto", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+        assert raw.headers["X-QuantGrid-Backend"] == "upstream:twin"
+        assert raw.parse().usage.completion_tokens == 3
+
+
+def test_client_disconnect_mid_stream_frees_the_slot(front):
+    engine = front.app.state.qg.engine
+    before = engine.stats.requests_cancelled
+    with httpx.stream("POST", front.url + "/v1/completions", timeout=60, json={
+            "model": "quantgrid:crypto", "prompt": "bitcoin", "max_tokens": 1000, "temperature": 0,
+            "stream": True}) as r:
+        lines = r.iter_lines()
+        next(ln for ln in lines if ln.startswith("data: {"))
+        assert engine.n_active == 1
+    deadline = time.time() + 30
+    while (engine.n_active or engine.stats.requests_cancelled == before) and time.time() < deadline:
+        time.sleep(0.02)
+    assert engine.n_active == 0 and engine.stats.requests_cancelled == before + 1
+    assert engine.slots.refs[engine.slots.slot_of["crypto"]] == 0
+    metrics = httpx.get(front.url + "/metrics").text
+    assert f"quantgrid_engine_requests_cancelled_total {float(before + 1)}" in metrics

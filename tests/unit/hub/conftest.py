@@ -1,0 +1,48 @@
+"""Fixtures for hub unit tests: a hub app on a temp SQLite database, and users with tokens."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+fastapi = pytest.importorskip("fastapi")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from quantgrid.hub.server import create_app  # noqa: E402
+from quantgrid.hub.server.auth import add_user  # noqa: E402
+from quantgrid.hub.settings import HubSettings  # noqa: E402
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch) -> HubSettings:
+    for var in ("QUANTGRID_HUB_CONFIG", "QUANTGRID_HUB_CONFIG_FILE", "QUANTGRID_HUB_RECIPE", "QUANTGRID_HUB_PORT"):
+        monkeypatch.delenv(var, raising=False)
+    return HubSettings.load(storage_dir=tmp_path / "hub", worker_enabled=False, max_upload_bytes=64 * 1024)
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def users(app) -> dict[str, dict[str, str]]:
+    """alice, bob (contributors) and root (admin): name -> Authorization header."""
+    db = app.state.db
+    return {name: {"Authorization": f"Bearer {add_user(db, name, admin=name == 'root')}"}
+            for name in ("alice", "bob", "root")}
+
+
+def upload_headers(auth: dict, data: bytes, key: str | None = None) -> dict[str, str]:
+    h = {**auth, "X-Content-SHA256": hashlib.sha256(data).hexdigest(), "Content-Type": "application/zip"}
+    if key is not None:
+        h["Idempotency-Key"] = key
+    return h
