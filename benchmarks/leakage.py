@@ -26,10 +26,18 @@ RESULTS = Path(__file__).parent / "results" / "leakage.json"
 
 
 def naive_leakage(train: list[Example], bench: list[Example], n: int, threshold: float) -> set[tuple[int, int]]:
-    """Every (bench, train) pair over the threshold, by intersecting n-gram sets pair by pair."""
+    """Every leaking (bench, train) pair: exact copies, else n-gram sets intersected pair by pair."""
+    def norm(e: Example) -> str:
+        return " ".join(item_text(e).lower().split())
+
     train_sets = [ngrams(item_text(e), n) for e in train]
+    train_norm = [norm(e) for e in train]
     out = set()
     for b, e in enumerate(bench):
+        same = {t for t, x in enumerate(train_norm) if x == norm(e)}
+        if same:  # an exact copy is reported as exact, not also as near pairs
+            out |= {(b, t) for t in same}
+            continue
         gb = ngrams(item_text(e), n)
         if not gb:
             continue

@@ -194,6 +194,8 @@ class BaseShape(BaseModel):
 
         heads = int(cfg["num_attention_heads"])
         payload = {k: cfg.get(k) for k in _FINGERPRINT_KEYS}
+        # transformers fills a missing num_key_value_heads with the head count (no GQA); so do we.
+        payload["num_key_value_heads"] = cfg.get("num_key_value_heads") or heads
         return cls(
             name=name, model_type=cfg["model_type"], num_layers=cfg["num_hidden_layers"],
             hidden_size=cfg["hidden_size"], intermediate_size=cfg["intermediate_size"], num_heads=heads,

@@ -24,32 +24,42 @@ def hidden(n: int = 24, seed: int = 11):
     return generate(n, seed), general_ood(12, seed=seed)
 
 
-def train_adapter(base: str, recipe: Recipe, out: Path, *, seed: int, steps: int = 25, lr: float = 2e-2,
-                  n_examples: int = 24, scale: float = 1.0) -> Path:
-    """Train a LoRA adapter on finance items drawn from ``seed`` and save it with PEFT.
+def train_adapters(base: str, recipe: Recipe, root: Path, specs: dict[str, tuple[int, float]], *,
+                   steps: int = 12, lr: float = 3e-2, n_examples: int = 16) -> dict[str, Path]:
+    """Train one LoRA adapter per ``name: (seed, scale)`` on finance items drawn from ``seed``;
+    save each with PEFT under ``root / name``. The base is loaded once.
 
     ``scale`` multiplies lora_B after training: scale=-25 gives a harmful adapter.
     """
+    import math
+
     from quantgrid.ml.models import attach_lora, load_base
     from quantgrid.ml.tokenize import IGNORE_INDEX, encode
 
-    torch.manual_seed(seed)
     model, tok = load_base(base, device="cpu")
     model = attach_lora(model, recipe)
-    enc = [encode(tok, ex, recipe.prompt_template, 128, recipe.system_prompt) for ex in generate(n_examples, seed)]
-    width = max(len(e) for e in enc)
-    ids = torch.tensor([e.input_ids + [tok.pad_token_id] * (width - len(e)) for e in enc])
-    labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e)) for e in enc])
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    model.train()
-    for _ in range(steps):
-        opt.zero_grad()
-        model(input_ids=ids, labels=labels).loss.backward()
-        opt.step()
-    if scale != 1.0:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.mul_(scale)
-    model.save_pretrained(str(out))
+    lora = [(n, p) for n, p in model.named_parameters() if "lora_" in n]
+    out = {}
+    for name, (seed, scale) in specs.items():
+        torch.manual_seed(seed)
+        with torch.no_grad():  # a fresh LoRA, as PEFT initializes it: A kaiming-uniform, B zero
+            for n, p in lora:
+                torch.nn.init.kaiming_uniform_(p, a=math.sqrt(5)) if "lora_A" in n else p.zero_()
+        enc = [encode(tok, ex, recipe.prompt_template, 96, recipe.system_prompt) for ex in generate(n_examples, seed)]
+        width = max(len(e) for e in enc)
+        ids = torch.tensor([e.input_ids + [tok.pad_token_id] * (width - len(e)) for e in enc])
+        labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e)) for e in enc])
+        opt = torch.optim.AdamW([p for _, p in lora], lr=lr)
+        model.train()
+        for _ in range(steps):
+            opt.zero_grad()
+            model(input_ids=ids, labels=labels).loss.backward()
+            opt.step()
+        if scale != 1.0:
+            with torch.no_grad():
+                for n, p in lora:
+                    if "lora_B" in n:
+                        p.mul_(scale)
+        model.save_pretrained(str(root / name))
+        out[name] = root / name
     return out

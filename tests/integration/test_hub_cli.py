@@ -129,6 +129,7 @@ def _read_reply(sock: socket.socket) -> str:
     return (head + b"\r\n\r\n" + body).decode(errors="replace")
 
 
+@pytest.mark.slow  # builds the tiny base and runs the real validator in the hub process
 def test_serve_runs_the_validation_worker_in_process(tmp_path, tiny_base):
     """`hub serve` (worker on by default) picks up a push and the real validator rejects junk with a report."""
     import time

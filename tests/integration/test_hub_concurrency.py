@@ -95,3 +95,28 @@ def test_parallel_pushes_and_reads(tmp_path):
         assert sorted((e.contributor, e.submissions) for e in board.entries) == [(n, 4) for n in sorted(tokens)]
     finally:
         hub.stop()
+
+
+def test_big_upload_refused_early_still_gets_the_real_answer(tmp_path):
+    """A 20 MB push answered before its body is read (repeat, bad token, key reuse) gets the hub's
+    answer, not a broken pipe: the hub reads and drops the rest of the body first."""
+    from quantgrid.errors import AuthError, Unprocessable
+
+    hub = HubProcess(tmp_path / "storage", args=("--no-worker",))
+    hub.start()
+    try:
+        token = hub.add_user("big")
+        path = tmp_path / "big.zip"
+        path.write_bytes(b"PK\x03\x04" + bytes(range(256)) * (80 * 1024))
+        with HubClient(hub.url, token, retries=0) as c:
+            first = c.push(path, idempotency_key="k")
+            again = c.push(path, idempotency_key="k2")
+            assert again.id == first.id and again.duplicate
+            other = tmp_path / "other.zip"
+            other.write_bytes(path.read_bytes() + b"!")
+            with pytest.raises(Unprocessable, match="Idempotency-Key"):
+                c.push(other, idempotency_key="k")
+        with HubClient(hub.url, "qg_wrong", retries=0) as c, pytest.raises(AuthError, match="invalid API token"):
+            c.push(path)
+    finally:
+        hub.stop()

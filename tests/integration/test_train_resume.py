@@ -110,3 +110,20 @@ def test_ctrl_c_in_the_cli_prints_the_resume_command(tiny_base, small_data, tmp_
     assert "interrupted" in result.output and "step 2" in result.output
     assert "--resume" in result.output and "resume with: quantgrid train" in result.output
     assert not out.exists()
+
+
+def test_early_stopping_and_the_schedule(tiny_base, small_data, tmp_path):
+    from quantgrid.ml.trainer import QuantGridTrainer
+
+    t = QuantGridTrainer(base_model=tiny_base)
+    # A learning rate too small to move the eval loss: every epoch is "no improvement".
+    t.train(small_data, tmp_path / "es", num_epochs=5, batch_size=4, grad_accum=1, lr=1e-9, warmup_ratio=0.2,
+            early_stopping_patience=2, eval_fraction=0.1, progress="none")
+    s = t.last_stats
+    assert s["stopped"].startswith("early stopping")
+    assert s["steps"] == 2 * 6  # 23 train examples / 4 -> 6 steps per epoch; stopped after epoch 2 of 5
+    assert len(s["eval_losses"]) == 3  # before training + two epochs
+    lrs = s["lrs"]
+    warmup = 6  # ceil(0.2 * 30 planned steps)
+    assert lrs[:warmup] == sorted(lrs[:warmup]) and lrs[warmup] == pytest.approx(1e-9)
+    assert lrs[warmup:] == sorted(lrs[warmup:], reverse=True)  # cosine decay

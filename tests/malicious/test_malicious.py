@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tracemalloc
 import zipfile
 
@@ -16,6 +17,24 @@ from quantgrid.errors import ValidationError
 
 def _snapshot(root) -> set[str]:
     return {os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs}
+
+
+# Every file this process opens for writing while the flag is up, anywhere on disk (audit
+# hooks see builtins.open, io.open and os.open alike; they cannot be removed, so gate them).
+_WRITES: list[str] = []
+_WATCHING = [False]
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _WATCHING[0] and event == "open" and len(args) >= 3:
+        path, mode, flags = args[:3]
+        writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or \
+            (isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        if writing:
+            _WRITES.append(str(path))
+
+
+sys.addaudithook(_audit)
 
 
 def test_the_good_submission_passes():
@@ -33,13 +52,17 @@ def test_each_malicious_kind_is_rejected_with_its_reason(kind, tmp_path, monkeyp
     build, expected = g.KINDS[kind]
     data = build(str(canary))
     before = _snapshot(tmp_path)
+    _WRITES.clear()
     tracemalloc.start()
+    _WATCHING[0] = True
     try:
         with pytest.raises(ValidationError) as err:
             check_submission(data, g.RECIPE, g.BASE)
         _, peak = tracemalloc.get_traced_memory()
     finally:
+        _WATCHING[0] = False
         tracemalloc.stop()
+    assert _WRITES == [], f"stage 1 opened files for writing: {_WRITES}"
     assert err.value.check == expected, f"{kind}: {err.value.check}: {err.value.message}"
     assert err.value.message  # a reason a person can read
     assert not canary.exists()

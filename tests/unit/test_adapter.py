@@ -10,8 +10,8 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from malicious import generator as g
+
 from quantgrid.adapter import (
     BaseShape,
     check_submission,

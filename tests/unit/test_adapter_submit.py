@@ -8,9 +8,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from malicious import generator as g
 from typer.testing import CliRunner
 
-from malicious import generator as g
 from quantgrid.adapter import Manifest, check_submission
 from quantgrid.cli import app
 from quantgrid.errors import ValidationError

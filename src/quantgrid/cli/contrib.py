@@ -16,7 +16,7 @@ from rich.table import Table
 from quantgrid.cli._common import console, err_console
 
 HubOpt = Annotated[str | None, typer.Option(
-    "--hub", help="Hub URL [default: $QUANTGRID_HUB, else the one you logged in to, else http://127.0.0.1:8080]",
+    "--hub", help="Hub URL \\[default: $QUANTGRID_HUB, else the one you logged in to, else http://127.0.0.1:8080]",
     show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
@@ -32,7 +32,7 @@ def _client(hub: str | None):
 def login(
     hub: HubOpt = None,
     token: Annotated[str | None, typer.Option(
-        "--token", help="API token from the hub admin [default: prompt for it, hidden]", show_default=False)] = None,
+        "--token", help="API token from the hub admin \\[default: prompt for it, hidden]", show_default=False)] = None,
 ) -> None:
     """Check an API token against the hub and save it (mode 0600) for later commands."""
     from quantgrid.errors import AuthError
@@ -69,7 +69,7 @@ def push(
     zip_path: Annotated[Path, typer.Argument(metavar="ZIP", help="quantgrid_submission_<ts>.zip from `quantgrid package`")],
     hub: HubOpt = None,
     idempotency_key: Annotated[str | None, typer.Option(
-        "--idempotency-key", help="Reuse a key to retry a push safely [default: a new random key]",
+        "--idempotency-key", help="Reuse a key to retry a push safely \\[default: a new random key]",
         show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -112,7 +112,7 @@ def _print_report(report: dict) -> None:
 
 def status(
     submission_id: Annotated[int | None, typer.Argument(
-        metavar="[ID]", help="Submission id [default: list your recent submissions]", show_default=False)] = None,
+        metavar="[ID]", help="Submission id \\[default: list your recent submissions]", show_default=False)] = None,
     hub: HubOpt = None,
     as_json: JsonOpt = False,
 ) -> None:

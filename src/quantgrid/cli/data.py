@@ -19,7 +19,14 @@ LENIENT_HELP = "Skip bad records (and list them) instead of stopping at the firs
 
 
 def _load(source: str, fmt: str | None, lenient: bool):
+    import logging
+
     from quantgrid.data import load_examples_report
+
+    # The skipped records are printed below; the library's log line would say it twice.
+    logger = logging.getLogger("quantgrid.data.formats")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
 
     report = load_examples_report(source, format=fmt, lenient=lenient)
     if report.skipped:
@@ -44,6 +51,17 @@ def _not_input(out: Path, source: str) -> None:
         raise ConfigError(f"{out} is the input file; refusing to overwrite it", hint="choose another --out path")
 
 
+def _tokenizer(name: str):
+    """A model directory or id, or a tokenizer-only directory (no config.json needed)."""
+    if (Path(name) / "tokenizer_config.json").is_file() and not (Path(name) / "config.json").is_file():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name)
+    from quantgrid.ml.models import load_tokenizer
+
+    return load_tokenizer(name)
+
+
 @data_app.command("check")
 def check(
     source: str = typer.Argument(..., help=SOURCE_HELP),
@@ -62,11 +80,7 @@ def check(
 
     rec = Recipe.load(recipe) if recipe else Recipe()
     report = _load(source, fmt, lenient)  # before the (slower) tokenizer: a bad file fails fast
-    tok = None
-    if tokenizer:
-        from quantgrid.ml.models import load_tokenizer
-
-        tok = load_tokenizer(tokenizer)
+    tok = _tokenizer(tokenizer) if tokenizer else None
     result = check_examples(report, tokenizer=tok, template=template or rec.prompt_template,
                             max_seq_length=max_seq_length or rec.training.max_seq_length,
                             system_prompt=rec.system_prompt)

@@ -40,10 +40,10 @@ hub_app.add_typer(user_app)
 
 _PANEL = "Hub settings"
 DbOpt = Annotated[str | None, typer.Option(
-    "--db", help="SQLAlchemy database URL [default: sqlite under --storage]; e.g. postgresql+psycopg://u@h/db",
+    "--db", help="SQLAlchemy database URL \\[default: sqlite under --storage]; e.g. postgresql+psycopg://u@h/db",
     rich_help_panel=_PANEL, show_default=False)]
 StorageOpt = Annotated[Path | None, typer.Option(
-    "--storage", help="Directory for blobs, the benchmark secret and releases [default: ./quantgrid-hub]",
+    "--storage", help="Directory for blobs, the benchmark secret and releases \\[default: ./quantgrid-hub]",
     rich_help_panel=_PANEL, show_default=False)]
 RecipeOpt = Annotated[Path | None, typer.Option(
     "--recipe", help="The hub's recipe YAML (see `quantgrid recipe show`).", rich_help_panel=_PANEL,
@@ -87,11 +87,14 @@ def _open_db(settings):
 
 @hub_app.command("serve")
 def serve(
-    host: Annotated[str | None, typer.Option("--host", help="Interface to listen on [default: 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="TCP port [default: 8080]")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Interface to listen on \\[default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="TCP port \\[default: 8080]")] = None,
     worker: Annotated[bool | None, typer.Option(
-        "--worker/--no-worker", help="Also run a job worker thread in this process [default: on]")] = None,
+        "--worker/--no-worker", help="Also run a job worker thread in this process \\[default: on]")] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
+    release_schedule: Annotated[str | None, typer.Option(
+        "--release-schedule", help='Release automatically every week at this UTC time, e.g. "SUN 03:00"; '
+                                   "a release missed while the hub was down runs at startup \\[default: off]")] = None,
     db: DbOpt = None, storage: StorageOpt = None, recipe: RecipeOpt = None,
     base_model: BaseModelOpt = None, config: ConfigOpt = None,
 ) -> None:
@@ -100,7 +103,8 @@ def serve(
 
     from quantgrid.hub.server import create_app
 
-    settings = hub_settings(db, storage, recipe, base_model, config, host=host, port=port, worker_enabled=worker)
+    settings = hub_settings(db, storage, recipe, base_model, config, host=host, port=port, worker_enabled=worker,
+                            release_schedule=release_schedule)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     err_console.print(f"hub: recipe {settings.recipe.hash()} (base {settings.recipe.base_model}), "

@@ -27,6 +27,10 @@ def release(
                                              help="Rank of the release adapter [default: the recipe's r]")] = None,
     weighting: Annotated[str, typer.Option(
         "--weighting", help="equal, or impact (proportional to each adapter's hub-measured loss improvement)")] = "equal",
+    density: Annotated[float | None, typer.Option(
+        "--density", min=0.0, max=1.0, help="ties / dare: fraction of delta-W entries kept")] = None,
+    trim: Annotated[float | None, typer.Option(
+        "--trim", min=0.0, max=0.5, help="trimmed_mean: fraction cut at each end per coordinate")] = None,
     impact: Annotated[bool, typer.Option("--impact/--no-impact",
                                          help="Measure each contributor's leave-one-out impact")] = True,
     db: DbOpt = None, storage: StorageOpt = None, recipe: RecipeOpt = None,
@@ -42,6 +46,7 @@ def release(
         raise ConfigError(f"--method {method!r} is not a merge method", hint=f"choose one of: {_method_names()}")
     if weighting not in ("equal", "impact"):
         raise ConfigError(f"--weighting {weighting!r} is not known", hint="use equal or impact")
+    options = {k: v for k, v in (("density", density), ("trim", trim)) if v is not None}
     settings = hub_settings(db, storage, recipe, base_model, config)
     with console.status("releasing ...") as status:
         def log(msg: str) -> None:
@@ -49,7 +54,7 @@ def release(
             err_console.print(f"[dim]{msg}[/]", highlight=False)
 
         out = release_now(settings, Database(settings.database_url), dry_run=dry_run, method=method, rank=rank,
-                          weighting=weighting, loo=impact, log_fn=log)
+                          weighting=weighting, loo=impact, log_fn=log, options=options)
     _print_outcome(out)
     if not out.published and not out.dry_run and out.manifest:
         raise typer.Exit(1)  # the gate refused: a script should notice

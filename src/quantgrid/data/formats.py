@@ -290,13 +290,12 @@ def _read_bytes(path: Path, max_bytes: int) -> bytes:
     return data
 
 
-def _decode(path: Path, data: bytes, where: str = "") -> str:
+def _decode(path: Path, data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        loc = where or f"line {line}"
-        raise DataError(f"{path} {loc}: not UTF-8 text (byte 0x{data[e.start]:02x})",
+        raise DataError(f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x})",
                         hint="save the file as UTF-8") from None
 
 

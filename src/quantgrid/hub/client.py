@@ -234,7 +234,9 @@ class HubClient:
                                   hint="a submission zip holds only the LoRA adapter; package it again")
         sha256 = sha256 or sha256_file(path)
         key = idempotency_key or uuid.uuid4().hex
-        headers = {S.SHA256_HEADER: sha256, S.IDEMPOTENCY_HEADER: key, S.FILENAME_HEADER: path.name,
+        # Header values must be ASCII; the name is only a label, so replace anything else.
+        label = path.name.encode("ascii", "replace").decode().replace("?", "_")
+        headers = {S.SHA256_HEADER: sha256, S.IDEMPOTENCY_HEADER: key, S.FILENAME_HEADER: label,
                    "Content-Type": "application/zip", "Content-Length": str(size)}
 
         def body() -> Iterator[bytes]:

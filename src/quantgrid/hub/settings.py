@@ -33,6 +33,7 @@ FLAG_NAMES = {
     "recipe": "--recipe",
     "host": "--host",
     "port": "--port",
+    "release_schedule": "--release-schedule",
 }
 
 

@@ -186,9 +186,12 @@ def _near_duplicates(sub: CheckedSubmission, accepted: Sequence[AcceptedAdapter]
     near = []
     for acc in accepted:
         # Accepted blobs passed stage 1 when they arrived; read them the same safe way.
-        files = read_zip(acc.data, allowed=is_allowed_file, allowed_dirs=frozenset(ALLOWED_DIRS))
-        weights = files[WEIGHTS]
-        cos = delta_cosine(mine, _factors(weights, recipe))
+        try:
+            weights = read_zip(acc.data, allowed=is_allowed_file, allowed_dirs=frozenset(ALLOWED_DIRS))[WEIGHTS]
+            cos = delta_cosine(mine, _factors(weights, recipe))
+        except Exception:  # noqa: BLE001 - e.g. accepted under an older recipe: not comparable, not fatal
+            log.warning("accepted adapter %s could not be compared; skipped", acc.id, exc_info=True)
+            continue
         cosines[str(acc.id)] = cos
         if cos >= threshold:
             near.append((acc, weights, cos))

@@ -439,11 +439,13 @@ class ReleaseOutcome:
 
 def run_release(contribs: Sequence[Contribution], store: ReleaseStore, *, recipe: Recipe, base_path: str,
                 benchmark, ood=(), opts: BuildOptions | None = None, now: dt.datetime | None = None,
-                existing_versions: Sequence[str] = (), previous_dir: Path | None = None, dry_run: bool = False,
+                existing_versions: Sequence[str] | None = None, previous_dir: Path | None = None, dry_run: bool = False,
                 tolerance: float = 0.0, ood_tolerance: float = 0.05, loo: bool = True,
                 commit: Callable[[str, Path, dict[str, Any]], None] | None = None,
                 log: Callable[[str], None] = lambda s: None) -> ReleaseOutcome:
     """Build, evaluate, gate and (unless ``dry_run`` or the gate fails) publish a release.
+
+    ``existing_versions`` are the versions already used (default: the store's directories).
 
     ``commit(version, path, manifest)`` runs after the directory is in place and before the
     CURRENT pointer moves: the hub records the release in its database there. If it
@@ -451,7 +453,9 @@ def run_release(contribs: Sequence[Contribution], store: ReleaseStore, *, recipe
     """
     opts = opts or BuildOptions()
     now = now or dt.datetime.now(UTC)
-    version = calver(now, [*existing_versions, *store.versions()])
+    # The hub passes its database's versions (the source of truth); a directory no row
+    # points to is debris of a crash and its name is reused.
+    version = calver(now, store.versions() if existing_versions is None else existing_versions)
     previous_dir = previous_dir if previous_dir is not None else store.current_dir()
     log(f"building {version} from {len(contribs)} adapter(s) with {opts.method}")
     with tempfile.TemporaryDirectory(prefix="qg-release-") as tmp:
@@ -482,7 +486,11 @@ def run_release(contribs: Sequence[Contribution], store: ReleaseStore, *, recipe
                 shutil.copy2(p, final / p.name)
         path = store.root / version
         if commit is not None:
-            commit(version, path, manifest)
+            try:
+                commit(version, path, manifest)
+            except BaseException:
+                shutil.rmtree(path, ignore_errors=True)  # never made current: remove it
+                raise
         store.set_current(version)
         log(f"published {version}")
         return ReleaseOutcome(version, True, False, g.reason, manifest, path)

@@ -3,11 +3,19 @@
 Ordinary batches pad every example to the longest one, so on finance Q&A (short
 questions next to long filings) most of the compute goes to padding. Here the
 examples of a micro-batch are concatenated into a single row of shape [1, T] and
-``position_ids`` restart at 0 for each example. transformers (>= 4.56) reads those
-restarts as sequence boundaries and builds a block-diagonal causal mask for sdpa and
-eager attention (and flash-attention uses them directly), so no token attends to
-another example; ``tests/unit/ml/test_batching.py`` checks that the packed loss equals
-the per-example loss.
+``position_ids`` restart at 0 for each example, which is where every example's
+attention must end. Two ways to honour that:
+
+- transformers (>= 4.56) reads the restarts itself: flash-attention uses them as
+  varlen boundaries (on CUDA), and sdpa/eager get a block-diagonal T x T mask. That
+  mask is correct but attends over the whole row, T^2 work where the examples need
+  only sum(len_i^2).
+- ``packed_sdpa`` (registered as the ``quantgrid_packed_sdpa`` attention) does what
+  flash-attention's varlen kernel does, with plain sdpa: one causal attention per
+  example, no mask at all. The trainer uses it unless the model runs flash-attention.
+
+``tests/unit/ml/test_batching.py`` checks that the packed loss and gradients equal the
+per-example ones.
 
 Only completion tokens are scored, so the trainer asks the model for logits at those
 positions only (``keep``): the vocabulary projection, the largest matmul of a small
@@ -70,6 +78,66 @@ def pack(examples: Sequence[Encoded]) -> PackedBatch:
         targets=label_t[keep + 1],
         n_examples=len(examples),
     )
+
+
+PACKED_ATTENTION = "quantgrid_packed_sdpa"
+
+
+def packed_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                position_ids: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Causal attention within each packed example (transformers' attention-function API).
+
+    query [1, Hq, T, D], key/value [1, Hkv, T, D] -> output [1, T, Hq, D]. Examples start
+    where ``position_ids`` is 0. Anything that is not a packed training row (a padding
+    mask, a KV cache during generation, batch > 1) goes to the stock sdpa function.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    t = query.shape[2]
+    if attention_mask is not None or position_ids is None or query.shape[0] != 1 or key.shape[2] != t:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    starts = torch.nonzero(position_ids[0] == 0).flatten().tolist()
+    if not starts or starts[0] != 0:
+        starts = [0, *starts]
+    ends = [*starts[1:], t]
+    if key.shape[1] != query.shape[1]:  # grouped-query attention: share each K/V head
+        rep = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
+    out = torch.cat([
+        torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout if module.training else 0.0,
+            is_causal=True, scale=scaling)
+        for s, e in zip(starts, ends)
+    ], dim=2)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_packed_attention(model) -> bool:
+    """Switch ``model`` (a transformers model, before PEFT wraps it) to ``packed_sdpa``.
+
+    Returns False, changing nothing, when the model runs flash-attention, which handles
+    packed rows natively.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    if "flash" in str(getattr(model.config, "_attn_implementation", "")):
+        return False
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
+    AttentionMaskInterface.register(PACKED_ATTENTION, _packed_mask)
+    model.set_attn_implementation(PACKED_ATTENTION)
+    return True
+
+
+def _packed_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs):
+    """No T x T mask for a packed row (``packed_sdpa`` needs none); sdpa's mask otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
 
 
 def loss_sum(model, batch: PackedBatch, *, slice_logits: bool = True) -> torch.Tensor:

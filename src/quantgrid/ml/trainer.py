@@ -245,6 +245,7 @@ def load_model(cfg: TrainConfig, base_path: str, backend: str, device: str):
     """(PeftModel with a fresh trainable LoRA, tokenizer, description of how the base loaded)."""
     import torch
 
+    from quantgrid.ml.batching import use_packed_attention
     from quantgrid.ml.models import attach_lora, four_bit_available, load_base
 
     rec, run = cfg.recipe, cfg.run
@@ -266,6 +267,8 @@ def load_model(cfg: TrainConfig, base_path: str, backend: str, device: str):
         four_bit = device.startswith("cuda") and four_bit_available()
     model, tok = load_base(base_path, revision=None if Path(base_path).exists() else rec.base_revision,
                            load_in_4bit=four_bit, dtype=None if run.dtype == "auto" else run.dtype, device=device)
+    # Attention within each packed example only, without a T x T mask (see batching.py).
+    use_packed_attention(model)
     if four_bit:
         # QLoRA: norms to fp32, inputs require grad, gradient checkpointing on.
         from peft import prepare_model_for_kbit_training
@@ -480,7 +483,7 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
     stats = {"steps": state.step, "tokens": state.tokens_seen, "loss_tokens": state.loss_tokens_seen,
              "train_seconds": state.train_seconds, "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
              "final_train_loss": state.history[-1]["loss"] if state.history else None,
-             "train_losses": [h["loss"] for h in state.history],
+             "train_losses": [h["loss"] for h in state.history], "lrs": [h["lr"] for h in state.history],
              "eval_losses": [e["eval_loss"] for e in state.evals], "non_standard": non_standard, "stopped": stopped}
     return out, stats
 

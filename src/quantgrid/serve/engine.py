@@ -21,7 +21,6 @@ import asyncio
 import itertools
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -31,7 +30,15 @@ from typing import Any
 import torch
 
 from quantgrid.errors import ConfigError, ModelError, NotFound
-from quantgrid.serve.lora_batch import NO_ADAPTER, LoraContext, MultiLoraLinear, use_slots, wrap_linears
+from quantgrid.serve.lora_batch import (
+    NO_ADAPTER,
+    LoraContext,
+    MultiLoraLinear,
+    SlotPlan,
+    plan_slots,
+    use_slots,
+    wrap_linears,
+)
 from quantgrid.serve.sampling import SamplingParams, find_stop, make_generator, safe_prefix_len, sample_token
 from quantgrid.serve.slots import AdapterInfo, SlotTable, describe_adapter, read_adapter
 
@@ -118,6 +125,7 @@ class Engine:
         self._rows: list[GenRequest] = []
         self._cache = None
         self._mask: torch.Tensor | None = None  # (B, L) 1 = real token, 0 = left padding
+        self._plan: SlotPlan | None = None  # row -> slot plan of the running batch
         self._thread: threading.Thread | None = None
         self._stop = False
 
@@ -277,7 +285,7 @@ class Engine:
                 log.exception("engine step failed")
                 for r in self._rows:
                     self._finish(r, None, error=e)
-                self._rows, self._cache, self._mask = [], None, None
+                self._rows, self._cache, self._mask, self._plan = [], None, None, None
         for r in list(self._rows) + list(self._waiting):
             self._finish(r, None, error=ModelError("the server is shutting down"))
 
@@ -336,7 +344,7 @@ class Engine:
             self.stats.prompt_tokens += len(r.prompt_ids)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(ids, mask, positions, cache, new)
+        logits = self._forward(ids, mask, positions, cache, plan_slots(self._slot_ids(new)))
         self._merge(new, cache, mask)
         self._sample_and_emit(new, logits)
 
@@ -345,16 +353,20 @@ class Engine:
         ids = torch.tensor([[r.last_token] for r in rows], dtype=torch.long)
         self._mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
         positions = torch.tensor([[r.pos] for r in rows], dtype=torch.long)
-        logits = self._forward(ids, self._mask, positions, self._cache, rows)
+        if self._plan is None:  # rows changed since the last step
+            self._plan = plan_slots(self._slot_ids(rows))
+        logits = self._forward(ids, self._mask, positions, self._cache, self._plan)
         for r in rows:
             r.pos += 1  # tokens in the cache
         self.stats.decode_steps += 1
         self._sample_and_emit(rows, logits)
 
-    def _forward(self, ids, mask, positions, cache, rows: list[GenRequest]) -> torch.Tensor:
+    def _slot_ids(self, rows: list[GenRequest]) -> torch.Tensor:
+        return torch.tensor([r.slot for r in rows], dtype=torch.long, device=self.device)
+
+    def _forward(self, ids, mask, positions, cache, plan: SlotPlan) -> torch.Tensor:
         """One forward pass; returns the last position's logits (N, V)."""
-        slot_ids = torch.tensor([r.slot for r in rows], dtype=torch.long, device=self.device)
-        with use_slots(self.ctx, slot_ids):
+        with use_slots(self.ctx, plan):
             out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                              position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
                              logits_to_keep=1)
@@ -362,6 +374,7 @@ class Engine:
 
     def _merge(self, new: list[GenRequest], cache, mask: torch.Tensor) -> None:
         """Append freshly prefilled rows to the running batch, left-padding the shorter side."""
+        self._plan = None
         if self._cache is None or not self._rows:
             self._rows, self._cache, self._mask = list(new), cache, mask
             return
@@ -432,6 +445,7 @@ class Engine:
         if len(keep) == len(self._rows):
             return
         self._rows = [self._rows[i] for i in keep]
+        self._plan = None
         if not self._rows:
             self._cache, self._mask = None, None
             return

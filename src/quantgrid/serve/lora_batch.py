@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -58,34 +59,67 @@ def lora_delta_segmented(x: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor,
     return out
 
 
-def apply_lora(base_out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor,
-               slot_ids: torch.Tensor) -> torch.Tensor:
-    """``base_out + lora term`` with rows of slot -1 left untouched.
+@dataclass(eq=False)
+class SlotPlan:
+    """What a batch needs, worked out once per batch instead of once per layer.
 
-    base_out: (N, T, d_out); x: (N, T, d_in); slot_ids: (N,) with -1 meaning "no adapter".
+    slot_ids:   (N,) slot per row, -1 = no adapter
+    mode:       "none" (no row has an adapter), "one" (every row the same adapter),
+                "mixed" (every row has one, not all the same), "partial" (some rows have none)
+    rows:       (n_active,) indices of the rows with an adapter ("partial")
+    active_ids: (n_active,) their slots
     """
+
+    slot_ids: torch.Tensor
+    mode: str
+    slot: int = NO_ADAPTER
+    rows: torch.Tensor | None = None
+    active_ids: torch.Tensor | None = None
+
+
+def plan_slots(slot_ids: torch.Tensor) -> SlotPlan:
     active = slot_ids >= 0
     n_active = int(active.sum())
     if n_active == 0:
-        return base_out
+        return SlotPlan(slot_ids, "none")
     if n_active == slot_ids.numel():
-        if bool((slot_ids == slot_ids[0]).all()):  # one adapter for the whole batch: no gather
-            s = int(slot_ids[0])
-            return torch.addmm(base_out.reshape(-1, base_out.shape[-1]),
-                               x.reshape(-1, x.shape[-1]) @ a_t[s], b_t[s]).view_as(base_out)
-        return base_out.add_(lora_delta_bmm(x, a_t, b_t, slot_ids))
-    rows = active.nonzero().squeeze(1)  # (n_active,)
-    delta = lora_delta_bmm(x.index_select(0, rows), a_t, b_t, slot_ids.index_select(0, rows))
-    return base_out.index_add_(0, rows, delta)
+        if bool((slot_ids == slot_ids[0]).all()):
+            return SlotPlan(slot_ids, "one", slot=int(slot_ids[0]))
+        return SlotPlan(slot_ids, "mixed", active_ids=slot_ids)
+    rows = active.nonzero().squeeze(1)
+    return SlotPlan(slot_ids, "partial", rows=rows, active_ids=slot_ids.index_select(0, rows))
+
+
+def apply_lora(base_out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor,
+               plan: SlotPlan, gathered: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``base_out + lora term`` (in place), rows of slot -1 left untouched.
+
+    base_out: (N, T, d_out); x: (N, T, d_in). ``gathered`` = (a_t[active_ids], b_t[active_ids]),
+    shapes (n_active, d_in, R) and (n_active, R, d_out), may be passed in when the caller
+    reuses them across decode steps (the batch's rows and slots did not change).
+    """
+    if plan.mode == "none":
+        return base_out
+    if plan.mode == "one":  # one adapter for the whole batch: plain matmuls, no gather
+        flat = base_out.view(-1, base_out.shape[-1])  # (N*T, d_out)
+        flat.addmm_(x.reshape(-1, x.shape[-1]) @ a_t[plan.slot], b_t[plan.slot])
+        return base_out
+    if gathered is None:
+        gathered = (a_t.index_select(0, plan.active_ids), b_t.index_select(0, plan.active_ids))
+    a, b = gathered
+    if plan.mode == "mixed":
+        return base_out.baddbmm_(torch.bmm(x, a), b)  # (N, T, R) @ (N, R, d_out) added in place
+    xs = x.index_select(0, plan.rows)  # (n_active, T, d_in)
+    return base_out.index_add_(0, plan.rows, torch.bmm(torch.bmm(xs, a), b))
 
 
 class LoraContext(threading.local):
-    """Which slot each row of the running batch uses; set around a forward pass.
+    """Which slot each row of the running batch uses (a SlotPlan); set around a forward pass.
 
     ``capture`` (module name -> input) records Linear inputs, for the router.
     """
 
-    slot_ids: torch.Tensor | None = None
+    plan: SlotPlan | None = None
     capture: dict[str, torch.Tensor] | None = None
 
 
@@ -103,6 +137,9 @@ class MultiLoraLinear(nn.Module):
                              persistent=False)
         self.register_buffer("b_t", torch.zeros(slots, rank, base.out_features, dtype=w.dtype, device=w.device),
                              persistent=False)
+        # Gathered factors of the current batch, reused by every decode step until the
+        # batch's rows change (a new SlotPlan) or a slot is rewritten.
+        self._gathered: tuple[SlotPlan, tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def rank(self) -> int:
@@ -114,6 +151,7 @@ class MultiLoraLinear(nn.Module):
         A smaller rank is zero-padded to R (exact); None clears the slot (the adapter has
         no LoRA on this module).
         """
+        self._gathered = None
         self.a_t[slot].zero_()
         self.b_t[slot].zero_()
         if a is None or b is None:
@@ -134,9 +172,16 @@ class MultiLoraLinear(nn.Module):
         if ctx.capture is not None:
             ctx.capture[self.name] = x.detach()
         out = self.base(x)
-        if ctx.slot_ids is None:
+        plan = ctx.plan
+        if plan is None or plan.mode == "none":
             return out
-        return apply_lora(out, x, self.a_t, self.b_t, ctx.slot_ids)
+        gathered = None
+        if plan.mode in ("mixed", "partial"):
+            if self._gathered is None or self._gathered[0] is not plan:
+                self._gathered = (plan, (self.a_t.index_select(0, plan.active_ids),
+                                         self.b_t.index_select(0, plan.active_ids)))
+            gathered = self._gathered[1]
+        return apply_lora(out, x, self.a_t, self.b_t, plan, gathered)
 
 
 def wrap_linears(model: nn.Module, names: list[str], context: LoraContext, slots: int,
@@ -159,12 +204,16 @@ def wrap_linears(model: nn.Module, names: list[str], context: LoraContext, slots
 
 
 @contextlib.contextmanager
-def use_slots(context: LoraContext, slot_ids: torch.Tensor | None,
+def use_slots(context: LoraContext, slots: torch.Tensor | SlotPlan | None,
               capture: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
-    """Run a forward pass with ``slot_ids`` (N,) as the row -> slot map."""
-    prev = (context.slot_ids, context.capture)
-    context.slot_ids, context.capture = slot_ids, capture
+    """Run forward passes with ``slots`` — slot ids (N,) or a SlotPlan — as the row -> slot map.
+
+    Pass the same SlotPlan to consecutive decode steps of an unchanged batch so the
+    wrappers reuse their gathered factors."""
+    plan = plan_slots(slots) if isinstance(slots, torch.Tensor) else slots
+    prev = (context.plan, context.capture)
+    context.plan, context.capture = plan, capture
     try:
         yield
     finally:
-        context.slot_ids, context.capture = prev
+        context.plan, context.capture = prev

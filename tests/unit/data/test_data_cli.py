@@ -232,3 +232,14 @@ def test_written_whole_text_examples_reload(tmp_path):
     exs = [Example("", "Just a paragraph about bonds."), Example("What is a bond?", "A loan.", "Ctx.")]
     back = load_examples(write_records(tmp_path / "w.jsonl", exs))
     assert [(e.prompt, e.completion, e.context) for e in back] == [(e.prompt, e.completion, e.context) for e in exs]
+
+
+def test_check_cli_with_a_tokenizer_only_directory(tmp_path):
+    pytest.importorskip("tokenizers")
+    from quantgrid.ml.models import train_tokenizer
+
+    tok = train_tokenizer(["Question: what is a bond? Answer: a loan to an issuer."] * 50, vocab_size=300)
+    tok.save_pretrained(tmp_path / "tok")
+    r = run("data", "check", str(qa_file(tmp_path)), "--tokenizer", str(tmp_path / "tok"), "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["unit"] == "tokens"

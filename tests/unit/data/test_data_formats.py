@@ -303,3 +303,9 @@ def test_any_text_round_trips(tmp_path, rows, name):
     exs = [Example(q, a, c) for q, a, c in rows]
     back = load_examples(write_records(tmp_path / "h.jsonl", exs, name), format=name)
     assert [(e.prompt, e.completion, e.context) for e in back] == [(e.prompt, e.completion, e.context) for e in exs]
+
+
+def test_windows_line_endings_and_bom_in_jsonl(tmp_path):
+    p = tmp_path / "w.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"question": "Q1", "answer": "A1"}\r\n{"question": "Q2", "answer": "A2"}\r\n')
+    assert [(e.prompt, e.completion) for e in load_examples(p)] == [("Q1", "A1"), ("Q2", "A2")]

@@ -165,3 +165,44 @@ def _blob(s) -> str:
     s.add(Blob(sha256="a" * 64, size_bytes=3))
     s.flush()
     return "a" * 64
+
+
+def test_app_runs_a_worker_thread_that_validates_pushes(tmp_path, monkeypatch):
+    """create_app with worker_enabled (the `hub serve` default) processes a push's validate job."""
+    import hashlib
+
+    from fastapi.testclient import TestClient
+
+    from quantgrid.hub.server import create_app
+    from quantgrid.hub.server.auth import add_user
+    from quantgrid.hub.server.submissions import record_verdict, start_validation
+
+    settings = HubSettings.load(storage_dir=tmp_path, worker_poll_seconds=0.02)
+    assert settings.worker_enabled
+    done = threading.Event()
+
+    def validate(ctx: jobs.JobContext):
+        sub = start_validation(ctx.db, ctx.payload["submission_id"])
+        ok = ctx.blobs.read_bytes(sub.blob_sha256).startswith(b"PK")
+        record_verdict(ctx.db, ctx.settings, sub.id, accepted=ok, report={"stage": "test", "check": "magic"},
+                       score=0.5 if ok else None)
+        done.set()
+        return {"accepted": ok}
+
+    monkeypatch.setattr(jobs, "resolve_handlers", lambda kinds=None: {"validate": validate})
+    app = create_app(settings)
+    token = add_user(app.state.db, "dana")
+    data = b"PK\x03\x04 real enough"
+    with TestClient(app) as c:
+        r = c.post("/v1/submissions", content=data, headers={
+            "Authorization": f"Bearer {token}", "X-Content-SHA256": hashlib.sha256(data).hexdigest()})
+        assert r.status_code == 201
+        assert done.wait(30), "the in-process worker never ran the job"
+        deadline = time.monotonic() + 10
+        while (sub := c.get(f"/v1/submissions/{r.json()['id']}", headers={"Authorization": f"Bearer {token}"})
+               .json())["status"] != "accepted":
+            assert time.monotonic() < deadline, sub
+            time.sleep(0.02)
+        assert sub["score"] == 0.5 and sub["report"]["check"] == "magic"
+        thread = app.state.worker_thread
+    assert not thread.is_alive()  # stopped with the app

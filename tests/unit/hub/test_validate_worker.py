@@ -7,8 +7,8 @@ import hashlib
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-
 from malicious import generator as g
+
 from quantgrid.adapter import BaseShape, expected_lora_shapes
 from quantgrid.hub.server import create_app, jobs
 from quantgrid.hub.server.auth import add_user

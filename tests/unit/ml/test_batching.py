@@ -32,12 +32,16 @@ def test_pack_never_predicts_across_a_boundary():
     assert b.targets.tolist() == [2, 3, 5]
 
 
-@pytest.fixture(scope="module")
-def model_and_encoded(tiny_base):
+@pytest.fixture(scope="module", params=["transformers-sdpa-mask", "packed_sdpa"])
+def model_and_encoded(tiny_base, request):
+    """Both ways of honouring the boundaries: transformers' block mask and ours."""
+    from quantgrid.ml.batching import use_packed_attention
     from quantgrid.ml.models import attach_lora, load_base
     from quantgrid.recipe import Recipe
 
     model, tok = load_base(tiny_base)
+    if request.param == "packed_sdpa":
+        assert use_packed_attention(model)
     torch.manual_seed(0)
     model = attach_lora(model, Recipe())
     with torch.no_grad():  # a non-zero LoRA update, so the adapter path is exercised too
@@ -108,3 +112,23 @@ def test_micro_batches_resume_from_a_position():
     resumed = list(micro_batches(enc, order, batch_size=3, start=2))
     assert [i for i, _ in resumed] == [2, 3]
     assert torch.equal(resumed[0][1].input_ids, all_batches[2][1].input_ids)
+
+
+def test_packed_attention_leaves_ordinary_batches_alone(tiny_base):
+    """Padded batches and generation (KV cache) still work after the switch."""
+    from quantgrid.ml.batching import use_packed_attention
+    from quantgrid.ml.models import load_base
+
+    model, tok = load_base(tiny_base)
+    ids = torch.randint(4, 200, (2, 10))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+        gen_ref = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+        assert use_packed_attention(model)
+        assert model.config._attn_implementation == "quantgrid_packed_sdpa"
+        got = model(input_ids=ids, attention_mask=mask).logits
+        gen = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    assert torch.allclose(ref[mask.bool()], got[mask.bool()], atol=1e-5)
+    assert torch.equal(gen, gen_ref)

@@ -13,7 +13,13 @@ import httpx
 import pytest
 
 from quantgrid.errors import ConfigError, NotFound
-from quantgrid.serve.deploy import Deployer, DirReleaseSource, HubReleaseSource, resolve_release, unpack_release
+from quantgrid.serve.deploy import (
+    Deployer,
+    DirReleaseSource,
+    HubReleaseSource,
+    resolve_release,
+    unpack_release,
+)
 from quantgrid.serve.engine import Delta, Done, GenRequest
 from quantgrid.serve.router import Router
 from quantgrid.serve.sampling import SamplingParams
@@ -97,7 +103,7 @@ def test_deployer_swaps_release_without_dropping_a_running_request(engine, adapt
     deployer = Deployer(engine, router, source, interval_s=0.05)
     assert deployer.check_now() and router.release == "release-2026.46"
     assert not deployer.check_now()  # same version: nothing to do
-    params = SamplingParams(temperature=0, max_tokens=300)
+    params = SamplingParams(temperature=0, max_tokens=150)
     events: list = []
     running = GenRequest(engine.encode("The stock price of"), params, events.append, adapter=router.release)
     engine.submit(running)
@@ -114,7 +120,7 @@ def test_deployer_swaps_release_without_dropping_a_running_request(engine, adapt
     done = threading.Event()
     while not isinstance(events[-1], Done):
         done.wait(0.01)
-    assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 300  # not dropped
+    assert events[-1].finish_reason == "length" and events[-1].completion_tokens == 150  # not dropped
     new_text, _ = engine.generate("The stock price of", SamplingParams(temperature=0, max_tokens=20),
                                   adapter=router.release)
     old_text = "".join(e.text for e in events if isinstance(e, Delta))

@@ -11,6 +11,7 @@ from quantgrid.serve.lora_batch import (
     apply_lora,
     lora_delta_bmm,
     lora_delta_segmented,
+    plan_slots,
     use_slots,
     wrap_linears,
 )
@@ -45,7 +46,8 @@ def test_batched_lora_matches_per_row_loop(n, t, s, ids):
     ref = reference(x, a_t, b_t, slot_ids)
     base = torch.randn(n, t, d_out, generator=g)
     torch.testing.assert_close(lora_delta_segmented(x, a_t, b_t, slot_ids), ref)
-    torch.testing.assert_close(apply_lora(base.clone(), x, a_t, b_t, slot_ids), base + ref)
+    plan = plan_slots(slot_ids)
+    torch.testing.assert_close(apply_lora(base.clone(), x, a_t, b_t, plan), base + ref)
     if min(ids) >= 0:
         torch.testing.assert_close(lora_delta_bmm(x, a_t, b_t, slot_ids), ref)
 
@@ -53,7 +55,7 @@ def test_batched_lora_matches_per_row_loop(n, t, s, ids):
 def test_rows_without_adapter_are_untouched_bit_for_bit():
     x, base = torch.randn(3, 2, 8), torch.randn(3, 2, 5)
     a_t, b_t = torch.randn(2, 8, 4), torch.randn(2, 4, 5)
-    out = apply_lora(base.clone(), x, a_t, b_t, torch.tensor([-1, 1, -1]))
+    out = apply_lora(base.clone(), x, a_t, b_t, plan_slots(torch.tensor([-1, 1, -1])))
     assert torch.equal(out[0], base[0]) and torch.equal(out[2], base[2])
     assert not torch.allclose(out[1], base[1])
 
@@ -101,4 +103,31 @@ def test_capture_records_linear_inputs():
     with torch.no_grad(), use_slots(ctx, None, capture=cap):
         mod(x)
     assert torch.equal(cap["p"], x)
-    assert ctx.capture is None and ctx.slot_ids is None
+    assert ctx.capture is None and ctx.plan is None
+
+
+@pytest.mark.parametrize("ids,mode", [([-1, -1], "none"), ([2, 2, 2], "one"), ([0, 1, 0], "mixed"),
+                                      ([-1, 3, 1], "partial")])
+def test_plan_modes(ids, mode):
+    plan = plan_slots(torch.tensor(ids))
+    assert plan.mode == mode
+    if mode == "partial":
+        assert plan.rows.tolist() == [1, 2] and plan.active_ids.tolist() == [3, 1]
+
+
+def test_gathered_factors_are_reused_per_plan_and_refreshed_when_a_slot_changes():
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(4, 4)
+    ctx = LoraContext()
+    mod = MultiLoraLinear(lin, "p", ctx, slots=2, rank=2)
+    mod.set_slot(0, torch.randn(2, 4), torch.randn(4, 2), 1.0)
+    mod.set_slot(1, torch.randn(2, 4), torch.randn(4, 2), 1.0)
+    x = torch.randn(2, 1, 4)
+    plan = plan_slots(torch.tensor([0, 1]))
+    with torch.no_grad(), use_slots(ctx, plan):
+        first = mod(x)
+        assert mod._gathered[0] is plan
+        torch.testing.assert_close(mod(x), first)
+        a2, b2 = torch.randn(2, 4), torch.randn(4, 2)
+        mod.set_slot(1, a2, b2, 1.0)  # a new adapter in slot 1: the cached gather must not be used
+        torch.testing.assert_close(mod(x)[1], lin(x[1]) + x[1] @ a2.t() @ b2.t())

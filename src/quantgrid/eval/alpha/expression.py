@@ -159,7 +159,7 @@ def _lookback(node: Node) -> int:
         return 0
     if isinstance(node, Name):
         m = _ADV.match(node.name)
-        # adv_d averages d days of close * volume; returns need yesterday's close
+        # adv_d averages d days of volume; returns need yesterday's close
         return int(m.group(1)) - 1 if m else (1 if node.name == "returns" else 0)
     if isinstance(node, Unary):
         return _lookback(node.operand)
@@ -181,7 +181,7 @@ def check_panel(alpha: Alpha, panel: Panel, min_dates: int = 1) -> None:
     """Raise a clear error if the panel lacks a column the alpha reads or is too short for its windows."""
     have = set(panel.fields)
     for f in sorted(alpha.fields):
-        need = ("close", "volume") if _ADV.match(f) else ("close",) if f == "returns" else (f,)
+        need = ("volume",) if _ADV.match(f) else ("close",) if f == "returns" else (f,)
         missing = [c for c in need if c not in have]
         if missing:
             raise EvalError(f"the alpha uses {f!r} but the price panel ({panel.source}) has no {', '.join(missing)} column",
@@ -240,7 +240,11 @@ class _Evaluator:
             return ops.delta(f["close"], 1) / ops.delay(f["close"], 1)
         m = _ADV.match(name)
         if m:
-            return ops.ts_mean(f["close"] * f["volume"], int(m.group(1)))
+            # The paper defines adv{d} as average daily *dollar* volume, yet its own formulas
+            # compare it with volume ("volume / adv20", "adv20 < volume": Alphas #7, #21),
+            # which only means something in shares. Like the open-source replications, we
+            # average share volume so that those comparisons work.
+            return ops.ts_mean(f["volume"], int(m.group(1)))
         return f[name]
 
     def _compute(self, node: Node):

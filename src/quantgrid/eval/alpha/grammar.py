@@ -95,10 +95,12 @@ _TOKEN_RE = re.compile(
 )
 
 
-def caret(source: str, pos: int) -> str:
-    """The source line with a ``^`` under ``pos``: shown in every syntax error."""
-    line = source.replace("\n", " ")
-    return f"\n  {line}\n  {' ' * pos}^"
+def caret(source: str, pos: int, width: int = 40) -> str:
+    """The source with a ``^`` under ``pos`` (a window of it, when it is long): shown in every error."""
+    line = re.sub(r"\s", " ", source)  # one column per character, so the caret lines up
+    start, end = max(0, pos - width), pos + width
+    shown = ("..." if start else "") + line[start:end] + ("..." if end < len(line) else "")
+    return f"\n  {shown}\n  {' ' * (pos - start + (3 if start else 0))}^"
 
 
 def _syntax_error(source: str, pos: int, what: str, hint: str | None = None) -> EvalError:

@@ -49,6 +49,7 @@ class DetailedResult(MetricResult):
 
 
 def is_alpha_item(ex: Example) -> bool:
+    """Marked ``task: formulaic_alpha``, or unmarked with a reference that compiles to an alpha over prices."""
     if ex.meta.get("task") == ALPHA_TASK:
         return True
     if ex.meta.get("task"):
@@ -64,13 +65,14 @@ def _load(path: str, mtime: float) -> Panel:
     return load_panel(path)
 
 
-@functools.lru_cache(maxsize=2)
+@functools.cache
 def default_panel() -> Panel:
     """The panel used when no prices are given: 500 business days x 50 assets, seed 0."""
     return synthetic_panel(n_dates=500, n_assets=50, seed=0)
 
 
 def resolve_panel(prices: str | Path | Panel | None) -> Panel:
+    """A Panel as is, a CSV/Parquet path (loaded once per file version), or None: the synthetic default."""
     if prices is None:
         return default_panel()
     if isinstance(prices, Panel):
@@ -80,7 +82,7 @@ def resolve_panel(prices: str | Path | Panel | None) -> Panel:
 
 
 class _LastScore:
-    """The three alpha metrics score the same answers on the same panel: do it once (one entry, no leak)."""
+    """alpha_backtest and alpha_sharpe score the same answers on the same panel: do it once (one entry, no leak)."""
 
     key: tuple | None = None
     report: dict | None = None

@@ -22,7 +22,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from quantgrid import __version__
-from quantgrid.errors import HTTP_ERRORS, HubError, QuantGridError, RateLimited, ServerError, Unprocessable
+from quantgrid.errors import (
+    HTTP_ERRORS,
+    HubError,
+    PayloadTooLarge,
+    QuantGridError,
+    RateLimited,
+    ServerError,
+    Unprocessable,
+)
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.ratelimit import RateLimiter
 from quantgrid.hub.server.storage import BlobStore
@@ -64,8 +72,29 @@ def _error_response(exc: Exception) -> JSONResponse:
     return JSONResponse(err.to_dict(), status_code=err.http_status, headers=headers)
 
 
-async def _handle(_request: Request, exc: Exception) -> JSONResponse:
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    if not isinstance(exc, PayloadTooLarge):
+        await drain_body(request)
     return _error_response(exc)
+
+
+async def drain_body(request: Request) -> None:
+    """Read and drop an unread request body (up to the upload limit) before answering early.
+
+    A client still streaming a large upload when the hub answers (bad token, a repeat push,
+    rate limit) would otherwise hit a closed socket and never see the answer.
+    """
+    if request.method not in ("POST", "PUT", "PATCH") or getattr(request.state, "body_read", False):
+        return
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > request.app.state.settings.max_upload_bytes:
+        return
+    request.state.body_read = True
+    try:
+        async for _ in request.stream():
+            pass
+    except Exception:  # the client went away, or the body was already consumed: nothing to drop
+        pass
 
 
 def _start_worker(app: FastAPI) -> None:

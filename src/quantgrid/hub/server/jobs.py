@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # kind -> "module:function". Engineers plugging in a worker kind add a line here.
 HANDLER_PATHS: dict[str, str] = {
     "validate": "quantgrid.hub.validate:handle_validate_job",
-    "release": "quantgrid.merge.release:handle_release_job",
+    "release": "quantgrid.hub.server.releases:handle_release_job",
 }
 # kind -> "module:function(db, job)" run once when a job of that kind is given up on.
 GIVE_UP_PATHS: dict[str, str] = {
@@ -147,6 +147,10 @@ def claim(db: Database, worker_id: str, kinds: Iterable[str], lease_seconds: flo
                 attempts=Job.attempts + 1)
         .returning(Job.id)
     )
+    with db.read() as s:  # an idle poll stays a cheap read, not a write lock
+        if s.scalar(select(Job.id).where(Job.status == "queued", Job.kind.in_(kinds), Job.run_after <= now)
+                    .limit(1)) is None:
+            return None
     with db.write() as s:
         job_id = s.execute(stmt).scalar()
         if job_id is None:
@@ -203,6 +207,9 @@ def fail(db: Database, job_id: int, worker_id: str, error: str, retry_delay_s: f
 def requeue_expired(db: Database) -> list[int]:
     """Jobs whose worker stopped renewing its lease go back to the queue (or fail, if out of tries)."""
     now = time.time()
+    with db.read() as s:  # the common case, nothing expired, takes no write lock
+        if s.scalar(select(Job.id).where(Job.status == "running", Job.lease_expires_at < now).limit(1)) is None:
+            return []
     with db.write() as s:
         expired = s.scalars(
             select(Job).where(Job.status == "running", Job.lease_expires_at < now)

@@ -85,7 +85,7 @@ def current_release(db: Database) -> Release | None:
 
 
 def release_now(settings: HubSettings, db: Database, *, dry_run: bool = False, method: str = "svd",
-                rank: int | None = None, weighting: str = "equal", loo: bool = True,
+                rank: int | None = None, weighting: str = "equal", loo: bool = True, options: dict | None = None,
                 now: dt.datetime | None = None, log_fn: Callable[[str], None] = log.info, evaluator_sets=None):
     """Build, gate and publish a release of every accepted adapter. Returns a ReleaseOutcome."""
     from quantgrid.merge.release import BuildOptions, ReleaseOutcome, ReleaseStore, run_release
@@ -121,7 +121,8 @@ def release_now(settings: HubSettings, db: Database, *, dry_run: bool = False, m
                               .values(impact=impact[person] / len(ids), impact_release=version))
 
     return run_release(contribs, store, recipe=settings.recipe, base_path=settings.recipe.base_model,
-                       benchmark=benchmark, ood=ood, opts=BuildOptions(method=method, rank=rank, weighting=weighting),
+                       benchmark=benchmark, ood=ood, opts=BuildOptions(method=method, rank=rank, weighting=weighting,
+                                                       options=dict(options or {})),
                        now=now, existing_versions=existing, previous_dir=previous_dir, dry_run=dry_run,
                        ood_tolerance=settings.ood_tolerance, loo=loo, commit=commit, log=log_fn)
 

@@ -29,6 +29,7 @@ from quantgrid.errors import PayloadTooLarge, Unprocessable
 from quantgrid.hub import schemas as S
 from quantgrid.hub.server import leaderboard as lb
 from quantgrid.hub.server import submissions as subs
+from quantgrid.hub.server.app import drain_body
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.deps import CurrentUser, OptionalUser, get_blobs, get_db, get_settings
 from quantgrid.hub.server.jobs import queue_counts
@@ -84,6 +85,7 @@ async def push(
     sha256 = sha256.lower()
     existing = await run_in_threadpool(subs.find_existing, db, user, sha256, idempotency_key)
     if existing is not None:
+        await drain_body(request)  # a repeat: the bytes are already here
         sub, created = await run_in_threadpool(
             subs.create, db, user, settings, sha256=sha256, size=existing.size_bytes,
             filename=existing.filename, key=idempotency_key)
@@ -99,6 +101,7 @@ async def push(
     if int(length) == 0:
         raise Unprocessable("empty upload", hint="push a zip made by `quantgrid package`")
     await run_in_threadpool(subs.precheck, db, user, settings)
+    request.state.body_read = True  # from here on errors must not try to drain the stream
     with blobs.writer(max_bytes=min(int(length), settings.max_upload_bytes)) as w:
         async for chunk in request.stream():
             w.write(chunk)  # raises 413 as soon as the body outgrows Content-Length or the limit

@@ -96,6 +96,15 @@ def test_syntax_errors_name_the_position(src, pos, words):
     assert err.value.hint
 
 
+def test_caret_shows_a_window_of_a_long_expression():
+    src = "rank(close) + " * 20 + "rank(close $ open)"
+    with pytest.raises(EvalError) as err:
+        parse(src)
+    line, marker = err.value.message.split("\n")[1:3]
+    assert len(line) < 100 and line.lstrip().startswith("...")
+    assert line[marker.index("^")] == "$"
+
+
 def test_single_ampersand_gets_a_hint():
     with pytest.raises(EvalError) as err:
         parse("(close > 1) & (open > 1)")

@@ -135,9 +135,10 @@ def test_decay_linear_weighs_today_most():
     same(ev("decay_linear(close, 3)"), [[nan, nan], [nan, nan], [17 / 6, 20 / 6], [19 / 6, 12 / 6], [25 / 6, 11 / 6]])
 
 
-def test_adv_is_average_dollar_volume():
-    # close * volume: asset 0 [10, 40, 160, 90, 250], asset 1 [5, 6, 9, 4, 10]
-    same(ev("adv2"), [[nan, nan], [25, 5.5], [100, 7.5], [125, 6.5], [170, 7]])
+def test_adv_is_average_volume():
+    # volume: asset 0 [10, 20, 40, 30, 50], asset 1 [1, 2, 3, 4, 5]
+    same(ev("adv2"), [[nan, nan], [15, 1.5], [30, 2.5], [35, 3.5], [40, 4.5]])
+    same(ev("volume / adv2 > 1"), [[nan, nan], [1, 1], [1, 1], [0, 1], [1, 1]])
 
 
 def test_a_nan_inside_a_window_gives_nan():
