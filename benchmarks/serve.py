@@ -41,7 +41,7 @@ from quantgrid.serve.lora_batch import use_slots
 from quantgrid.serve.sampling import SamplingParams
 
 MODEL_SIZES = {  # ~20M parameters by default
-    "20m": dict(vocab_size=4096, hidden_size=384, intermediate_size=1024, num_hidden_layers=8,
+    "20m": dict(vocab_size=4096, hidden_size=384, intermediate_size=1024, num_hidden_layers=10,
                 num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=1024),
     "60m": dict(vocab_size=8192, hidden_size=640, intermediate_size=1728, num_hidden_layers=10,
                 num_attention_heads=10, num_key_value_heads=5, max_position_embeddings=2048),
@@ -238,11 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapters", default="1,4,16", help="comma-separated adapter counts")
     ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--min-prompt", type=int, default=8)
     ap.add_argument("--max-prompt", type=int, default=32)
     ap.add_argument("--rank", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=2, help="best of N per system")
+    ap.add_argument("--repeats", type=int, default=1, help="best of N per system")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 avoids thread-sync stalls on a shared, busy machine)")
     ap.add_argument("--metric", choices=["tokens_per_cpu_s", "tokens_per_s"], default="tokens_per_cpu_s",

@@ -52,13 +52,14 @@ def _free_socket() -> socket.socket:
     return s
 
 
-def _wait_healthy(url: str, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:
+def _wait_healthy(url: str, timeout: float = 120, proc: subprocess.Popen | None = None,
+                  health: str = "/health") -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"upstream server exited: {proc.stdout.read() if proc.stdout else ''}")
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
+            if httpx.get(url + health, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -92,15 +93,16 @@ def upstream_url(tiny_base, crypto):
 
 
 class _ThreadServer:
-    def __init__(self, app):
+    def __init__(self, app, health: str = "/health"):
         self.sock = _free_socket()
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.health = health
 
     def __enter__(self):
         self.thread.start()
-        _wait_healthy(self.url)
+        _wait_healthy(self.url, health=self.health)
         return self
 
     def __exit__(self, *exc):
@@ -199,3 +201,41 @@ def test_client_disconnect_mid_stream_frees_the_slot(front):
     assert engine.slots.refs[engine.slots.slot_of["crypto"]] == 0
     metrics = httpx.get(front.url + "/metrics").text
     assert f"quantgrid_engine_requests_cancelled_total {float(before + 1)}" in metrics
+
+
+def test_auto_deploy_from_a_real_hub(tiny_base, crypto, tmp_path):
+    """The hub's own release endpoints over HTTP: serve `--release latest --hub URL`, then the hub
+    publishes a new release and the server swaps it in without a restart."""
+    pytest.importorskip("sqlalchemy")
+    from quantgrid.hub.server.app import create_app as create_hub
+    from quantgrid.hub.server.models import Release
+    from quantgrid.hub.settings import HubSettings
+
+    hub_app = create_hub(HubSettings(storage_dir=tmp_path / "hub", worker_enabled=False))
+    releases = {}
+    for i, version in enumerate(["2026.46", "2026.47"]):
+        releases[version] = _adapter(tiny_base, tmp_path / "hub" / "releases" / version, 10 + i, "release")
+
+    def publish(version: str) -> None:
+        from sqlalchemy import update
+
+        with hub_app.state.db.write() as s:
+            s.execute(update(Release).values(is_current=False))
+            s.add(Release(version=version, status="published", path=str(releases[version]), is_current=True))
+
+    with _ThreadServer(hub_app, health="/v1/health") as hub:
+        publish("2026.46")
+        settings = ServeSettings(base=tiny_base, release="latest", hub=hub.url, poll_interval_s=0.2,
+                                 release_cache=str(tmp_path / "cache"))
+        app = create_app(settings)
+        with _ThreadServer(app) as srv:
+            body = {"model": "quantgrid", "prompt": "bitcoin", "max_tokens": 4, "temperature": 0}
+            r = httpx.post(srv.url + "/v1/completions", json=body, timeout=60)
+            assert r.status_code == 200 and r.headers["X-QuantGrid-Adapter"] == "release-2026.46"
+            publish("2026.47")
+            deadline = time.time() + 60
+            while httpx.get(srv.url + "/health").json()["release"] != "2026.47" and time.time() < deadline:
+                time.sleep(0.1)
+            r = httpx.post(srv.url + "/v1/completions", json=body, timeout=60)
+            assert r.status_code == 200 and r.headers["X-QuantGrid-Adapter"] == "release-2026.47"
+    assert (tmp_path / "cache" / "2026.47" / "adapter_model.safetensors").is_file()

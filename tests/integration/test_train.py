@@ -177,3 +177,21 @@ def test_python_api_from_the_contributor_guide(tiny_base, finance_files, tmp_pat
     assert "Adapter saved to" in capsys.readouterr().out
     assert _files(out) == EXPECTED_FILES
     assert trainer.last_stats["steps"] == 2 and trainer.last_stats["tokens"] > 0
+
+
+def test_hub_recipe_is_the_standard_and_keeps_its_hash(tiny_base, finance_files, tmp_path, monkeypatch):
+    """--hub: train with the hub's recipe; the base given by path keeps the hub's recipe hash."""
+    from quantgrid.adapter import read_manifest
+    from quantgrid.hub import client
+    from quantgrid.recipe import LoraSettings, Recipe
+
+    hub_recipe = Recipe(base_model="quantgrid-tiny-test", lora=LoraSettings(r=8, alpha=16))
+    monkeypatch.setattr(client.HubClient, "get_recipe", lambda self: hub_recipe)  # the network boundary
+    out = tmp_path / "hub-run"
+    result = runner.invoke(app, ["train", "--hub", "http://hub.example", "--base-model", tiny_base, "--dataset",
+                                 str(finance_files[0]), "--output", str(out), "--max-steps", "1",
+                                 "--progress", "none"])  # run settings only: the recipe is untouched
+    assert result.exit_code == 0, result.output
+    m = read_manifest(out)
+    assert m.recipe_hash == hub_recipe.hash() and m.non_standard == []
+    assert json.loads((out / "adapter_config.json").read_text())["r"] == 8

@@ -80,6 +80,20 @@ def test_resume_refuses_a_checkpoint_from_another_run(tiny_base, small_data, tmp
     assert "recipe_hash" in str(e.value)
 
 
+def test_a_fresh_run_does_not_silently_drop_an_unfinished_one(tiny_base, small_data, tmp_path):
+    from quantgrid.ml.checkpoint import checkpoints_dir, list_checkpoints
+    from quantgrid.ml.trainer import QuantGridTrainer, TrainingInterrupted
+
+    out = tmp_path / "run"
+    t = QuantGridTrainer(base_model=tiny_base)
+    with pytest.raises(TrainingInterrupted):
+        t.train(small_data, out, on_step=_interrupt_at(1), **SETTINGS)
+    with pytest.raises(ConfigError, match="unfinished run") as e:
+        t.train(small_data, out, **SETTINGS)
+    assert "--resume" in e.value.hint and "--overwrite" in e.value.hint
+    assert [p.name for p in list_checkpoints(checkpoints_dir(out))] == ["step-000001"]
+
+
 def test_resume_without_a_checkpoint_says_so(tiny_base, small_data, tmp_path):
     from quantgrid.ml.trainer import QuantGridTrainer
 

@@ -26,8 +26,8 @@ def _recipe(hub: str | None, recipe_file: Path | None):
     if hub:
         from quantgrid.hub.client import HubClient
 
-        got = HubClient(hub).get_recipe()
-        return got if isinstance(got, Recipe) else Recipe.from_dict(dict(got), source=f"recipe from {hub}")
+        with HubClient(hub) as client:
+            return client.get_recipe()
     if recipe_file:
         return Recipe.load(recipe_file)
     return Recipe()
@@ -79,7 +79,8 @@ def train(
 
     Example: quantgrid train --base-model ./tiny --dataset my_sec_data.jsonl --output ./my_sec_adapter
     """
-    from quantgrid.ml.trainer import QuantGridTrainer, TrainingInterrupted, load_config_file
+    from quantgrid.ml.train_config import load_config_file
+    from quantgrid.ml.trainer import QuantGridTrainer, TrainingInterrupted
 
     flat: dict[str, Any] = load_config_file(config) if config else {}
     given = dict(dataset=dataset, output_dir=str(output) if output else None, lora_rank=lora_rank,

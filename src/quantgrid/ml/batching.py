@@ -109,7 +109,7 @@ def packed_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Ten
         torch.nn.functional.scaled_dot_product_attention(
             query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout if module.training else 0.0,
             is_causal=True, scale=scaling)
-        for s, e in zip(starts, ends)
+        for s, e in zip(starts, ends, strict=True)
     ], dim=2)
     return out.transpose(1, 2).contiguous(), None
 

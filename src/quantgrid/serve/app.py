@@ -22,9 +22,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from quantgrid.errors import NetworkError, NotFound, QuantGridError, ServerError
+from quantgrid.errors import ConfigError, NetworkError, NotFound, QuantGridError, ServerError
 from quantgrid.serve import api_formats as fmt
-from quantgrid.serve.deploy import Deployer, resolve_release
+from quantgrid.serve.deploy import Deployer, HubReleaseSource, resolve_release
 from quantgrid.serve.engine import Delta, Done, Event, Failed
 from quantgrid.serve.metrics import ServeMetrics
 from quantgrid.serve.router import Router
@@ -59,9 +59,15 @@ def build_state(settings: ServeSettings, engine=None) -> ServeState:
     """Load the base, register adapters and the release. ``engine`` may be passed in (tests)."""
     router = deployer = None
     if settings.local_enabled:
+        # Resolve the release first: a bad --release fails before the base is loaded.
+        ref = source = None
+        if settings.release:
+            ref, source = resolve_release(settings.release, settings.hub, settings.release_cache)
+        if source is None and settings.hub:  # also a fixed release directory is updated from the hub
+            source = HubReleaseSource(settings.hub, settings.release_cache)
         if engine is None:
             if not settings.base:
-                raise QuantGridError("no base model given", hint="pass --base ID or directory")
+                raise ConfigError("no base model given", hint="pass --base ID or directory")
             from quantgrid.serve.engine import Engine
 
             engine = Engine.from_base(settings.base, device=settings.device, dtype=settings.dtype,
@@ -70,14 +76,7 @@ def build_state(settings: ServeSettings, engine=None) -> ServeState:
         for name, path in settings.adapters.items():
             engine.register_adapter(name, path)
         router = Router(engine, settings.router_method, settings.router_threshold)
-        if settings.release or settings.hub:
-            from quantgrid.serve.deploy import HubReleaseSource
-
-            ref = source = None
-            if settings.release:
-                ref, source = resolve_release(settings.release, settings.hub, settings.release_cache)
-            if source is None and settings.hub:  # a fixed release directory, still updated from the hub
-                source = HubReleaseSource(settings.hub, settings.release_cache)
+        if ref is not None or source is not None:
             deployer = Deployer(engine, router, source, settings.poll_interval_s)
             if ref is not None:
                 deployer.deploy(ref)

@@ -74,6 +74,7 @@ class GenRequest:
     params: SamplingParams
     sink: Callable[[Event], None]
     adapter: str | None = None
+    adapter_path: Path | None = None  # fixed at submit: a release swapped out meanwhile still loads
     id: int = field(default_factory=lambda: next(_ids))
     cancelled: bool = False
     # Filled in by the scheduler.
@@ -160,8 +161,8 @@ class Engine:
                     self.slots.forget(name)
         return info
 
-    def _load_into_slot(self, name: str, slot: int) -> None:
-        weights = read_adapter(self.adapters[name].path)
+    def _load_into_slot(self, name: str, slot: int, path: Path | None = None) -> None:
+        weights = read_adapter(path or self.adapters[name].path)
         missing = [m for m in weights.factors if m not in self.modules]
         if missing:
             names = dict(self.model.named_modules())
@@ -198,8 +199,11 @@ class Engine:
                               f"{self.context_length} tokens", hint="shorten the prompt or the chat history")
 
     def submit(self, req: GenRequest) -> GenRequest:
-        if req.adapter is not None and req.adapter not in self.adapters:
-            raise NotFound(f"adapter {req.adapter!r} is not loaded", hint="see GET /v1/models")
+        if req.adapter is not None:
+            info = self.adapters.get(req.adapter)
+            if info is None:
+                raise NotFound(f"adapter {req.adapter!r} is not loaded", hint="see GET /v1/models")
+            req.adapter_path = info.path
         self.check_prompt(len(req.prompt_ids))
         with self._wake:
             self._waiting.append(req)
@@ -299,7 +303,7 @@ class Engine:
                 continue
             if req.adapter is not None:
                 try:
-                    slot = self.acquire_slot(req.adapter)
+                    slot = self.acquire_slot(req.adapter, req.adapter_path)
                 except Exception as e:
                     self._waiting.popleft()
                     self._finish(req, None, error=e)
@@ -313,7 +317,7 @@ class Engine:
         if new:
             self._prefill(new)
 
-    def acquire_slot(self, name: str) -> int | None:
+    def acquire_slot(self, name: str, path: Path | None = None) -> int | None:
         """Slot holding adapter ``name`` (loaded now if needed), one reference taken; None if all
         slots are busy. Call with ``self.lock`` held; give it back with ``slots.release``."""
         got = self.slots.acquire(name)
@@ -324,7 +328,7 @@ class Engine:
             self.stats.adapter_evictions += 1
         if needs_load:
             try:
-                self._load_into_slot(name, slot)
+                self._load_into_slot(name, slot, path)
             except Exception:
                 self.slots.forget(name)
                 raise

@@ -206,3 +206,14 @@ def test_app_runs_a_worker_thread_that_validates_pushes(tmp_path, monkeypatch):
         assert sub["score"] == 0.5 and sub["report"]["check"] == "magic"
         thread = app.state.worker_thread
     assert not thread.is_alive()  # stopped with the app
+
+
+def test_claim_on_postgresql_skips_locked_rows_and_rechecks_status():
+    """Several workers on several machines share PostgreSQL: the claim must be one statement that
+    skips rows another transaction holds and re-checks the status of the row it updates."""
+    from sqlalchemy.dialects import postgresql
+
+    sql = str(jobs.claim_statement(["validate"], "w", 0.0, 30.0).compile(dialect=postgresql.dialect()))
+    assert sql.startswith("UPDATE jobs SET status=")
+    assert "FOR UPDATE SKIP LOCKED" in sql
+    assert sql.count("jobs.status =") == 2 and "RETURNING jobs.id" in sql

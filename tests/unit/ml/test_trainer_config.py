@@ -9,7 +9,7 @@ from quantgrid.recipe import Recipe
 
 
 def test_overrides_land_in_recipe_and_run():
-    from quantgrid.ml.trainer import resolve_config
+    from quantgrid.ml.train_config import resolve_config
 
     cfg = resolve_config(Recipe(), {"dataset": "d.jsonl", "output_dir": "out", "lora_rank": 8, "num_epochs": 2,
                                     "lr": 1e-4, "max_steps": 5, "include_dataset": True, "eval_dataset": None})
@@ -21,7 +21,7 @@ def test_overrides_land_in_recipe_and_run():
 
 
 def test_invalid_value_names_the_users_flag():
-    from quantgrid.ml.trainer import resolve_config
+    from quantgrid.ml.train_config import resolve_config
 
     with pytest.raises(ConfigError, match="--lora-rank") as e:
         resolve_config(Recipe(), {"dataset": "d", "output_dir": "o", "lora_rank": 0})
@@ -31,7 +31,7 @@ def test_invalid_value_names_the_users_flag():
 
 
 def test_unknown_setting_and_missing_required():
-    from quantgrid.ml.trainer import resolve_config
+    from quantgrid.ml.train_config import resolve_config
 
     with pytest.raises(ConfigError, match="unknown training setting 'lora_rnak'"):
         resolve_config(Recipe(), {"dataset": "d", "output_dir": "o", "lora_rnak": 8})
@@ -41,7 +41,7 @@ def test_unknown_setting_and_missing_required():
 
 
 def test_config_file_flat_and_saved_round_trip(tmp_path):
-    from quantgrid.ml.trainer import load_config_file, resolve_config
+    from quantgrid.ml.train_config import load_config_file, resolve_config
 
     flat = tmp_path / "train.yaml"
     flat.write_text("dataset: data.jsonl\noutput_dir: out\nlora_rank: 4\ngrad_accum: 2\nschedule: linear\n")
@@ -55,7 +55,7 @@ def test_config_file_flat_and_saved_round_trip(tmp_path):
 
 
 def test_config_file_errors(tmp_path):
-    from quantgrid.ml.trainer import load_config_file
+    from quantgrid.ml.train_config import load_config_file
 
     with pytest.raises(ConfigError, match="not found"):
         load_config_file(tmp_path / "missing.yaml")

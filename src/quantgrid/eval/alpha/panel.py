@@ -97,7 +97,12 @@ def panel_from_frame(df, source: str = "frame") -> Panel:
     if df.empty:
         raise DataError(f"{source}: the price file has no rows", hint="give at least a few months of daily prices")
     try:
-        dates = pd.to_datetime(df["date"])
+        if pd.api.types.is_integer_dtype(df["date"]):  # 20240131, not nanoseconds since 1970
+            dates = pd.to_datetime(df["date"].astype(str), format="%Y%m%d")
+        else:
+            dates = pd.to_datetime(df["date"])
+        if dates.dt.tz is not None:
+            dates = dates.dt.tz_convert(None)
     except (ValueError, TypeError) as exc:
         raise DataError(f"{source}: column 'date' has values that are not dates ({exc})",
                         hint="use ISO dates such as 2024-01-31") from exc

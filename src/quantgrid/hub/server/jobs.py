@@ -127,32 +127,36 @@ def enqueue_once(db: Database, kind: str, payload: dict[str, Any], dedupe_key: s
             return s.scalar(select(Job.id).where(Job.dedupe_key == dedupe_key))
 
 
-def claim(db: Database, worker_id: str, kinds: Iterable[str], lease_seconds: float) -> Job | None:
-    kinds = list(kinds)
-    if not kinds:
-        return None
-    now = time.time()
+def claim_statement(kinds: list[str], worker_id: str, now: float, lease_seconds: float):
+    """The compare-and-set that takes the oldest runnable job (see the module docstring)."""
     oldest = (
         select(Job.id)
         .where(Job.status == "queued", Job.kind.in_(kinds), Job.run_after <= now)
         .order_by(Job.priority, Job.id)
         .limit(1)
-        .with_for_update(skip_locked=True)
+        .with_for_update(skip_locked=True)  # PostgreSQL: concurrent claimers skip, not wait
         .scalar_subquery()
     )
-    stmt = (
+    return (
         update(Job)
-        .where(Job.id == oldest, Job.status == "queued")
+        .where(Job.id == oldest, Job.status == "queued")  # re-checked on the row actually updated
         .values(status="running", lease_owner=worker_id, lease_expires_at=now + lease_seconds,
                 attempts=Job.attempts + 1)
         .returning(Job.id)
     )
+
+
+def claim(db: Database, worker_id: str, kinds: Iterable[str], lease_seconds: float) -> Job | None:
+    kinds = list(kinds)
+    if not kinds:
+        return None
+    now = time.time()
     with db.read() as s:  # an idle poll stays a cheap read, not a write lock
         if s.scalar(select(Job.id).where(Job.status == "queued", Job.kind.in_(kinds), Job.run_after <= now)
                     .limit(1)) is None:
             return None
     with db.write() as s:
-        job_id = s.execute(stmt).scalar()
+        job_id = s.execute(claim_statement(kinds, worker_id, now, lease_seconds)).scalar()
         if job_id is None:
             return None
         s.expire_all()

@@ -57,6 +57,15 @@ def test_parquet_and_unsorted_rows_with_gaps(tmp_path):
     assert "vwap" not in p.fields and p.groups == {}
 
 
+def test_integer_and_timezone_dates(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("date,ticker,close\n20240102,A,10\n20240103,A,11\n")
+    np.testing.assert_array_equal(load_panel(path).dates, np.array(["2024-01-02", "2024-01-03"], dtype="datetime64[D]"))
+    df = pd.DataFrame({"date": ["2024-01-02T00:00:00+00:00", "2024-01-03T00:00:00+00:00"], "ticker": "A",
+                       "close": [1.0, 2.0]})
+    assert panel_from_frame(df).shape == (2, 1)
+
+
 def test_infinite_values_are_missing(tmp_path):
     path = tmp_path / "p.csv"
     path.write_text("date,ticker,close,volume\n2024-01-02,A,10,inf\n2024-01-02,B,inf,5\n")
