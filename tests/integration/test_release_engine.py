@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -136,6 +135,14 @@ def test_store_rejects_bad_versions_and_unknown_rollbacks(tmp_path):
         store.path("../../etc")
     with pytest.raises(NotFound, match="does not exist"):
         store.set_current("2026.01")
+    from quantgrid.errors import Conflict
+
+    with store.lock():  # a second release while one is being built is refused, not interleaved
+        with pytest.raises(Conflict, match="another release"):
+            with store.lock():
+                pass
+    with store.lock():  # and the lock is free again afterwards
+        pass
 
 
 def test_trial_merge_tells_a_helpful_candidate_from_a_degrading_one(world, tmp_path):

@@ -211,7 +211,8 @@ def test_auto_deploy_from_a_real_hub(tiny_base, crypto, tmp_path):
     from quantgrid.hub.server.models import Release
     from quantgrid.hub.settings import HubSettings
 
-    hub_app = create_hub(HubSettings(storage_dir=tmp_path / "hub", worker_enabled=False))
+    hub_app = create_hub(HubSettings(storage_dir=tmp_path / "hub", worker_enabled=False,
+                                     rate_limit_per_minute=100_000, rate_limit_burst=10_000))
     releases = {}
     for i, version in enumerate(["2026.46", "2026.47"]):
         releases[version] = _adapter(tiny_base, tmp_path / "hub" / "releases" / version, 10 + i, "release")
@@ -225,7 +226,7 @@ def test_auto_deploy_from_a_real_hub(tiny_base, crypto, tmp_path):
 
     with _ThreadServer(hub_app, health="/v1/health") as hub:
         publish("2026.46")
-        settings = ServeSettings(base=tiny_base, release="latest", hub=hub.url, poll_interval_s=0.2,
+        settings = ServeSettings(base=tiny_base, release="latest", hub=hub.url, poll_interval_s=0.5,
                                  release_cache=str(tmp_path / "cache"))
         app = create_app(settings)
         with _ThreadServer(app) as srv:

@@ -27,6 +27,7 @@ feeds it contributions and records the result.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantgrid.errors import ConfigError, ModelError, NotFound
+from quantgrid.errors import ConfigError, Conflict, ModelError, NotFound
 from quantgrid.merge.methods import (
     LoraFactors,
     factors_from_state_dict,
@@ -380,6 +381,26 @@ class ReleaseStore:
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """One release at a time per store (a scheduled job and a manual `hub release` may meet).
+
+        An OS file lock: released by the kernel if the process dies, so a crash never wedges it.
+        """
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Conflict("another release is being built right now",
+                               hint="wait for it to finish; `quantgrid releases` shows the result") from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def versions(self) -> list[str]:
         if not self.root.is_dir():

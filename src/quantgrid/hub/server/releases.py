@@ -88,9 +88,18 @@ def release_now(settings: HubSettings, db: Database, *, dry_run: bool = False, m
                 rank: int | None = None, weighting: str = "equal", loo: bool = True, options: dict | None = None,
                 now: dt.datetime | None = None, log_fn: Callable[[str], None] = log.info, evaluator_sets=None):
     """Build, gate and publish a release of every accepted adapter. Returns a ReleaseOutcome."""
-    from quantgrid.merge.release import BuildOptions, ReleaseOutcome, ReleaseStore, run_release
+    from quantgrid.merge.release import ReleaseStore
 
     store = ReleaseStore(release_root(settings))
+    with store.lock():
+        return _release_locked(settings, db, store, dry_run=dry_run, method=method, rank=rank, weighting=weighting,
+                               loo=loo, options=options, now=now, log_fn=log_fn, evaluator_sets=evaluator_sets)
+
+
+def _release_locked(settings, db, store, *, dry_run, method, rank, weighting, loo, options, now, log_fn,
+                    evaluator_sets):
+    from quantgrid.merge.release import BuildOptions, ReleaseOutcome, run_release
+
     contribs = accepted_contributions(db, settings)
     if not contribs:
         return ReleaseOutcome(version="", published=False, dry_run=dry_run,
@@ -120,11 +129,11 @@ def release_now(settings: HubSettings, db: Database, *, dry_run: bool = False, m
                     s.execute(update(Adapter).where(Adapter.id.in_(ids))
                               .values(impact=impact[person] / len(ids), impact_release=version))
 
+    opts = BuildOptions(method=method, rank=rank, weighting=weighting, options=dict(options or {}))
     return run_release(contribs, store, recipe=settings.recipe, base_path=settings.recipe.base_model,
-                       benchmark=benchmark, ood=ood, opts=BuildOptions(method=method, rank=rank, weighting=weighting,
-                                                       options=dict(options or {})),
-                       now=now, existing_versions=existing, previous_dir=previous_dir, dry_run=dry_run,
-                       ood_tolerance=settings.ood_tolerance, loo=loo, commit=commit, log=log_fn)
+                       benchmark=benchmark, ood=ood, opts=opts, now=now, existing_versions=existing,
+                       previous_dir=previous_dir, dry_run=dry_run, ood_tolerance=settings.ood_tolerance, loo=loo,
+                       commit=commit, log=log_fn)
 
 
 def rollback(settings: HubSettings, db: Database, version: str) -> Release:
