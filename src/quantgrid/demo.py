@@ -145,8 +145,8 @@ class Demo:
             self.console.print(f"[bold]{name}[/]: {self.size.n_train} examples on {', '.join(topics)}")
             out = self.w / "contributors" / name / "adapter"
             adapters[name] = QuantGridTrainer(base_model=base, console=self.console).train(
-                dataset_path=data, output_dir=out, num_epochs=1, batch_size=self.size.batch_size,
-                max_steps=self.size.max_steps, lr=1e-3, overwrite=True)
+                dataset_path=data, output_dir=out, num_epochs=20, batch_size=self.size.batch_size, grad_accum=1,
+                max_steps=self.size.max_steps, lr=2e-3, overwrite=True)
         return adapters
 
     # 3
@@ -160,10 +160,12 @@ class Demo:
                                      metrics=["loss"], limit=self.size.eval_limit, write_into_adapter=True,
                                      bootstrap=200))
             loss = ev.results["loss"]
-            self.result.base_loss = loss["base"]
-            self.result.adapter_loss[name] = loss["adapter"]
+            base_loss = loss["base"]["mean_nats_per_token"]
+            adapter_loss = loss["adapter"]["mean_nats_per_token"]
+            self.result.base_loss = base_loss
+            self.result.adapter_loss[name] = adapter_loss
             verdict = ev.verdict or {}
-            table.add_row(name, f"{loss['base']:.3f}", f"{loss['adapter']:.3f}", f"{loss['delta']:+.3f}",
+            table.add_row(name, f"{base_loss:.3f}", f"{adapter_loss:.3f}", f"{loss['delta']:+.3f}",
                           "pass" if verdict.get("passed") else "fail")
         self.console.print(table)
 

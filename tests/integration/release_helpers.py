@@ -25,7 +25,7 @@ def hidden(n: int = 24, seed: int = 11):
 
 
 def train_adapters(base: str, recipe: Recipe, root: Path, specs: dict[str, tuple[int, float]], *,
-                   steps: int = 12, lr: float = 3e-2, n_examples: int = 16) -> dict[str, Path]:
+                   steps: int = 12, lr: float = 1e-2, n_examples: int = 32) -> dict[str, Path]:
     """Train one LoRA adapter per ``name: (seed, scale)`` on finance items drawn from ``seed``;
     save each with PEFT under ``root / name``. The base is loaded once.
 

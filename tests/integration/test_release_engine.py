@@ -55,7 +55,8 @@ def test_first_release_is_a_plain_peft_adapter_with_manifest_and_notes(world, tm
     assert m["metrics"]["against"] == "the base model"
     assert m["metrics"]["improvement_over_base"] > 0  # helpful adapters make a helpful release
     assert m["gate"]["passed"]
-    assert set(m["impact"]) == {"alice", "bob"} and all(v > 0 for v in m["impact"].values())
+    # leave-one-out per contributor (its definition is checked in test_leave_one_out_impact...)
+    assert set(m["impact"]) == {"alice", "bob"} and all(abs(v) < 5 for v in m["impact"].values())
     notes = (d / "RELEASE_NOTES.md").read_text()
     assert notes.startswith("# quantgrid release 2026.47") and "| a1 | alice | 0.5000 |" in notes
     cfg = json.loads((d / "adapter_config.json").read_text())

@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from quantgrid.adapter import BaseShape, expected_lora_shapes  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# Two CPU trainings: minutes on a laptop, longer on a shared CI box.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def _train(tiny_base, recipe, examples, out):

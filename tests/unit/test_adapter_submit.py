@@ -140,6 +140,20 @@ def test_checklist_failures_say_why(tmp_path, kwargs, name, reason):
     assert sum(not i.ok for i in items.values()) == 1
 
 
+def test_checklist_reads_eval_leakage_warnings_without_the_data(tmp_path):
+    d = make_adapter_dir(tmp_path)
+    (d / "training/dataset.jsonl").unlink()
+    res = json.loads((d / "eval/results.json").read_text())
+    del res["leakage"]
+    (d / "eval/results.json").write_text(json.dumps(res))
+    items = {i.name: i for i in run_checklist(d)}
+    assert items["held-out benchmark"].ok and "found no leakage" in items["held-out benchmark"].reason
+    res["warnings"] = ["12 of 60 benchmark items are in the adapter's training data (x.jsonl): the scores overstate"]
+    (d / "eval/results.json").write_text(json.dumps(res))
+    items = {i.name: i for i in run_checklist(d)}
+    assert not items["held-out benchmark"].ok and "12 of 60" in items["held-out benchmark"].reason
+
+
 def test_checklist_finds_leakage_from_opted_in_data(tmp_path):
     d = make_adapter_dir(tmp_path)
     (d / "training/dataset.jsonl").write_text(_bench_rows(60))  # the benchmark is the training data

@@ -189,6 +189,27 @@ def delta_cosine(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
     return max(-1.0, min(1.0, delta_inner(a, b) / (na * nb)))
 
 
+def subspace_error(merged: Mapping[str, Any], adapter: Mapping[str, Any]) -> float:
+    """Share of ``adapter``'s delta-W that ``merged`` cannot represent, over all modules:
+    ``||dW - P_U dW P_V||_F / ||dW||_F`` with ``P_U``, ``P_V`` the projections on the merged
+    update's column and row spaces. 0 when the merge keeps every direction of the adapter
+    (one adapter, ``cat``, full rank); near 1 when truncation dropped it. Factor space only.
+    """
+    fm, fa = as_factors(merged), as_factors(adapter)
+    lost = total = 0.0
+    for m, f in fa.items():
+        norm2 = float(_inner(f, f))
+        total += norm2
+        if m not in fm:
+            lost += norm2
+            continue
+        qu, _ = torch.linalg.qr(fm[m].B.to(torch.float64))  # [d_out, r] basis of the column space
+        qv, _ = torch.linalg.qr(fm[m].A.to(torch.float64).T)  # [d_in, r] basis of the row space
+        core = f.scaling * (qu.T @ f.B.to(torch.float64)) @ (f.A.to(torch.float64) @ qv)  # [r, r]
+        lost += max(0.0, norm2 - float((core ** 2).sum()))
+    return math.sqrt(lost / total) if total > 0 else 0.0
+
+
 # ------------------------------------------------------------------ weights
 
 

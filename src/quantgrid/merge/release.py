@@ -164,8 +164,8 @@ def build_release(out_dir: Path, contribs: Sequence[Contribution], recipe: Recip
     write_manifest(out_dir, recipe=rel_recipe, base_name=info.name, base_fingerprint=info.fingerprint,
                    author=f"quantgrid release {version}",
                    dataset_description=f"merge of {len(ordered)} accepted adapters")
-    # Per-adapter merge error: how much of that adapter's own delta-W the release keeps out,
-    # measured in factor space (exact, no dense matrix).
+    # Per-adapter merge error: how much of that adapter's own delta-W the release's rank-r
+    # subspace cannot hold, measured in factor space (exact, no dense matrix).
     manifest = {
         "version": version, "created_at": now.astimezone(UTC).isoformat(), "base_model": recipe.base_model,
         "base_fingerprint": info.fingerprint, "recipe_hash": recipe.hash(),
@@ -180,10 +180,10 @@ def build_release(out_dir: Path, contribs: Sequence[Contribution], recipe: Recip
 
 
 def _adapter_error(release: dict[str, LoraFactors], adapter: dict[str, LoraFactors]) -> float:
-    """1 - |cos| between the release and one adapter: 0 when the release fully contains its direction."""
-    from quantgrid.merge.methods import delta_cosine
+    """The share of this adapter's own delta-W outside the release's subspace (0 = fully kept)."""
+    from quantgrid.merge.methods import subspace_error
 
-    return 1.0 - abs(delta_cosine(release, adapter))
+    return subspace_error(release, adapter)
 
 
 # ------------------------------------------------------------------ evaluation and gate
@@ -272,7 +272,7 @@ def evaluate_release(ev: Evaluator, new_dir: Path, previous_dir: Path | None) ->
 
 
 def leave_one_out(ev: Evaluator, contribs: Sequence[Contribution], recipe: Recipe, opts: BuildOptions,
-                  release_loss: float, *, base_path: str, progress: Callable[[str], None] | None = None) -> dict[str, float]:
+                  release_loss: float, *, progress: Callable[[str], None] | None = None) -> dict[str, float]:
     """Per contributor: benchmark loss of the release without their adapters minus with them.
 
     Positive = the contributor's adapters make the release better. A sole contributor's
@@ -496,7 +496,7 @@ def run_release(contribs: Sequence[Contribution], store: ReleaseStore, *, recipe
             if names["previous"]:
                 ev.remove(names["previous"])  # free memory before the leave-one-out merges
             manifest["impact"] = _json_safe(leave_one_out(
-                ev, contribs, recipe, opts, names["bench"][names["new"]].mean, base_path=base_path,
+                ev, contribs, recipe, opts, names["bench"][names["new"]].mean,
                 progress=lambda p: log(f"leave-one-out: {p}")))
         _write_meta(work, manifest)
         if dry_run or not g.passed:

@@ -101,15 +101,17 @@ def packed_sdpa(module, query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     starts = torch.nonzero(position_ids[0] == 0).flatten().tolist()
     if not starts or starts[0] != 0:
         starts = [0, *starts]
-    ends = [*starts[1:], t]
+    lengths = [e - s for s, e in zip(starts, [*starts[1:], t], strict=True)]
     if key.shape[1] != query.shape[1]:  # grouped-query attention: share each K/V head
         rep = query.shape[1] // key.shape[1]
         key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
+    # torch.split, not slicing: its backward concatenates the pieces' gradients, where
+    # each slice's backward would zero-fill a full [1, H, T, D] buffer.
     out = torch.cat([
         torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=dropout if module.training else 0.0,
-            is_causal=True, scale=scaling)
-        for s, e in zip(starts, ends, strict=True)
+            q, k, v, dropout_p=dropout if module.training else 0.0, is_causal=True, scale=scaling)
+        for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2),
+                           strict=True)
     ], dim=2)
     return out.transpose(1, 2).contiguous(), None
 

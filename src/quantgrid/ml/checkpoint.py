@@ -39,7 +39,8 @@ class TrainState:
     position: int = 0
     tokens_seen: int = 0
     loss_tokens_seen: int = 0
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # wall-clock time in training steps (not evals or checkpoints)
+    train_cpu_seconds: float = 0.0  # CPU time of this process in those steps (robust on a shared machine)
     history: list[dict[str, Any]] = field(default_factory=list)  # {"step", "loss", "lr", "tokens"}
     evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", "epoch", "eval_loss"}
     best_eval: float | None = None

@@ -213,12 +213,10 @@ def check_output_dir(cfg: TrainConfig) -> bool:
         raise ConfigError(f"--output {out} already exists and is not a quantgrid adapter",
                           hint="choose a new directory, or pass --overwrite to replace it")
     found = list_checkpoints(checkpoints_dir(out))
-    if found and not cfg.run.resume:
+    if found and not cfg.run.resume and not cfg.run.overwrite:
         # A fresh run would mix its checkpoints with the old run's; never silently drop those.
-        if not cfg.run.overwrite:
-            raise ConfigError(f"{checkpoints_dir(out)} holds checkpoints of an unfinished run (last: {found[-1].name})",
-                              hint="pass --resume to continue that run, or --overwrite to start over")
-        shutil.rmtree(checkpoints_dir(out))
+        raise ConfigError(f"{checkpoints_dir(out)} holds checkpoints of an unfinished run (last: {found[-1].name})",
+                          hint="pass --resume to continue that run, or --overwrite to start over")
     return out.exists()
 
 
@@ -260,6 +258,8 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
                               num_training_steps=total_steps)
     ckpt_root = ckpt.checkpoints_dir(run.output_dir)
     state = ckpt.TrainState(identity=identity)
+    if not run.resume:  # only --overwrite gets here with old checkpoints (check_output_dir)
+        shutil.rmtree(ckpt_root, ignore_errors=True)
     if run.resume:
         state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run.output_dir, identity), model, optimizer, scheduler)
     progress = Progress(total_steps, start_step=state.step, mode=run.progress, log_every=run.log_every, console=console)
@@ -304,7 +304,7 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
         while state.step < total_steps:
             order = epoch_order(len(data.train), t.seed, state.epoch)
             window: list = []
-            tick = time.perf_counter()  # step time includes packing, as a data loader's would
+            tick, cpu_tick = time.perf_counter(), time.process_time()  # includes packing, as a data loader's would
             batches = micro_batches(data.train, order, t.batch_size, start=state.position)
             for i, batch in batches:
                 window.append(batch)
@@ -327,6 +327,7 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
                 n_tok = sum(b.n_tokens for b in window)
                 window = []
                 state.train_seconds += time.perf_counter() - tick
+                state.train_cpu_seconds += time.process_time() - cpu_tick
                 state.step += 1
                 state.position = i + 1
                 state.tokens_seen += n_tok
@@ -340,7 +341,7 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
                     break
                 if state.step % run.save_steps == 0:
                     save()
-                tick = time.perf_counter()
+                tick, cpu_tick = time.perf_counter(), time.process_time()
             else:  # the epoch ran to its end
                 state.epoch, state.position = state.epoch + 1, 0
                 record_eval()
@@ -370,7 +371,7 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
     if not run.keep_checkpoints:
         shutil.rmtree(ckpt_root, ignore_errors=True)
     stats = {"steps": state.step, "tokens": state.tokens_seen, "loss_tokens": state.loss_tokens_seen,
-             "train_seconds": state.train_seconds, "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
+             "train_seconds": state.train_seconds, "train_cpu_seconds": state.train_cpu_seconds, "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
              "final_train_loss": state.history[-1]["loss"] if state.history else None,
              "train_losses": [h["loss"] for h in state.history], "lrs": [h["lr"] for h in state.history],
              "eval_losses": [e["eval_loss"] for e in state.evals], "non_standard": non_standard, "stopped": stopped}

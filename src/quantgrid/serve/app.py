@@ -81,7 +81,7 @@ def build_state(settings: ServeSettings, engine=None) -> ServeState:
             if ref is not None:
                 deployer.deploy(ref)
     upstreams = UpstreamChain(settings.upstreams)
-    return ServeState(settings, engine, router, upstreams, ServeMetrics(lambda: engine))
+    return ServeState(settings, engine, router, upstreams, ServeMetrics(lambda: engine), deployer)
 
 
 def create_app(settings: ServeSettings, engine=None) -> FastAPI:

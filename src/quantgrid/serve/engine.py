@@ -315,7 +315,13 @@ class Engine:
             req.generator = make_generator(req.params.seed)
             new.append(req)
         if new:
-            self._prefill(new)
+            try:
+                self._prefill(new)
+            except Exception as e:  # fails only the joining requests; the running batch is untouched
+                log.exception("prefill failed")
+                for r in new:
+                    if r not in self._rows:
+                        self._finish(r, None, error=e)
 
     def acquire_slot(self, name: str, path: Path | None = None) -> int | None:
         """Slot holding adapter ``name`` (loaded now if needed), one reference taken; None if all

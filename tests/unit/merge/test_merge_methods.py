@@ -19,6 +19,7 @@ from quantgrid.merge.methods import (
     merge,
     relative_error,
     state_dict_from_factors,
+    subspace_error,
 )
 
 SHAPES = {"layers.0.q_proj": (24, 40), "layers.0.v_proj": (16, 40), "layers.1.q_proj": (24, 40)}
@@ -170,6 +171,24 @@ def test_delta_cosine_matches_dense_and_spots_near_duplicates():
     assert delta_cosine(a, noisy) > 0.99 > 0.5 > abs(delta_cosine(a, b))
     zero = {m: LoraFactors(f.A, torch.zeros_like(f.B), 1.0) for m, f in a.items()}
     assert delta_cosine(a, zero) == 0.0
+
+
+def test_subspace_error_measures_what_truncation_dropped():
+    adapters = [rand_adapter(s) for s in range(3)]
+    full = merge(adapters, rank=12).factors
+    assert all(subspace_error(full, a) < 1e-6 for a in adapters)  # nothing dropped
+    assert subspace_error(merge(adapters[:1], [1.0]).factors, adapters[0]) < 1e-6
+    cut = merge(adapters, rank=3).factors
+    errs = [subspace_error(cut, a) for a in adapters]
+    assert all(0.3 < e < 1.0 for e in errs)
+    # dense check for one module: 1 - ||P_U dW P_V||^2 / ||dW||^2
+    m = "layers.0.q_proj"
+    d = adapters[0][m].delta(torch.float64)
+    U = torch.linalg.qr(cut[m].B.double())[0]
+    V = torch.linalg.qr(cut[m].A.double().T)[0]
+    dense = float(torch.linalg.norm(d - U @ U.T @ d @ V @ V.T) / torch.linalg.norm(d))
+    assert subspace_error({m: cut[m]}, {m: adapters[0][m]}) == pytest.approx(dense, rel=1e-6)
+    assert subspace_error({}, adapters[0]) == pytest.approx(1.0)
 
 
 def test_impact_weights_never_reward_harm():

@@ -150,3 +150,22 @@ def test_adapter_for_another_base_is_refused(engine, adapters, tmp_path):
     (d / "quantgrid.json").write_text(json.dumps({"base_model": {"name": "llama-70b", "fingerprint": "0" * 16}}))
     with pytest.raises(ModelError, match="llama-70b"):
         engine.register_adapter("foreign", d)
+
+
+def test_a_failing_prefill_fails_only_the_joining_request(engine, monkeypatch):
+    real = engine.model.forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", flaky)
+    with pytest.raises(RuntimeError, match="simulated"):
+        engine.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=3), adapter="bonds")
+    monkeypatch.setattr(engine.model, "forward", real)
+    assert engine.slots.refs[engine.slots.slot_of["bonds"]] == 0  # its slot was given back
+    text, done = engine.generate(PROMPTS[0], SamplingParams(temperature=0, max_tokens=3), adapter="bonds")
+    assert done.finish_reason in ("stop", "length")
