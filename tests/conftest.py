@@ -13,6 +13,16 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    # Tiny test models are dominated by per-op overhead: one intra-op thread is faster
+    # than two, and stays fast when other processes (servers under test) share the cores.
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> str:
     """Path of a 2-layer, 64-wide Llama with a BPE tokenizer trained on the finance data."""

@@ -82,6 +82,7 @@ def train(
     from quantgrid.ml.train_config import load_config_file
     from quantgrid.ml.trainer import QuantGridTrainer, TrainingInterrupted
 
+    _quiet_libraries()
     flat: dict[str, Any] = load_config_file(config) if config else {}
     given = dict(dataset=dataset, output_dir=str(output) if output else None, lora_rank=lora_rank,
                  lora_alpha=lora_alpha, epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
@@ -108,6 +109,17 @@ def train(
             e.hint = f"resume with: {_same_command(ctx)} --resume"
         report_error(e)
         raise typer.Exit(130) from None
+
+
+def _quiet_libraries() -> None:
+    """Our progress display is the one the user reads: no weight-loading bars or library
+    deprecation chatter from transformers/PEFT in between (this process only)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)(\.|$)")
 
 
 def _same_command(ctx: click.Context) -> str:
