@@ -104,9 +104,9 @@ def test_unsupported_architecture_lists_supported(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(tmp_path / "gpt2")
-    with pytest.raises(Exception) as e:
+    with pytest.raises(ExportError, match="does not support architecture 'gpt2'") as e:
         export_base(tmp_path / "gpt2", tmp_path / "x.gguf")
-    assert "not supported" in str(e.value) and "llama" in str(e.value) + str(getattr(e.value, "hint", ""))
+    assert e.value.hint == "supported architectures: llama, mistral, qwen2"
     assert not (tmp_path / "x.gguf").exists()
 
 
