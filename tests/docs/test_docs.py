@@ -204,7 +204,7 @@ def test_guide_starts_with_a_quickstart(guide: str) -> None:
 
 # ---------------------------------------------------------------- command names and flags
 
-_START = re.compile(r"(?:^|(?<=[\s;&|(!`]))(?:[\w.~-]*/)?quantgrid(?=\s|$)")
+_START = re.compile(r"(?:^|(?<=[\s;&|(!`]))(?:[\w.~-]*/)*quantgrid(?=\s|$)")
 
 
 def _segment(text: str, start: int) -> str:
@@ -255,7 +255,7 @@ def documented_commands() -> list[tuple[str, str]]:
                 found += [(f"{path.name}:{b.line}", c) for c in shell_commands(b.code)]
         prose = re.sub(r"^(\s*)(`{3,}|~{3,}).*?^\1\2", "", text, flags=re.S | re.M)
         for span in re.findall(r"`([^`\n]+)`", prose):
-            if re.match(r"(?:[\w.~-]*/)?quantgrid(\s|$)", span.strip()):
+            if re.match(r"(?:[\w.~-]*/)*quantgrid(\s|$)", span.strip()):
                 found.append((f"{path.name} (inline)", span.strip()))
     return found
 

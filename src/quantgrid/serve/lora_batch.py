@@ -64,17 +64,22 @@ class SlotPlan:
     """What a batch needs, worked out once per batch instead of once per layer.
 
     slot_ids:   (N,) slot per row, -1 = no adapter
-    mode:       "none" (no row has an adapter), "one" (every row the same adapter),
-                "mixed" (every row has one, not all the same), "partial" (some rows have none)
-    rows:       (n_active,) indices of the rows with an adapter ("partial")
-    active_ids: (n_active,) their slots
+    mode:       "none"    no row has an adapter
+                "one"     every row the same adapter: plain matmuls
+                "mixed"   every row has an adapter, all different: gather + bmm per row
+                "partial" like mixed, but some rows have none: only active rows computed
+    rows:       (n_active,) indices of the rows with an adapter (None: all rows)
+    gather_ids: (n_active,) the slot of each active row, whose factors the wrappers gather
+
+    (Grouping rows by adapter so each adapter's factors are read once per step was tried:
+    on CPU its extra scatter/gather ops cost more than the memory traffic they save.)
     """
 
     slot_ids: torch.Tensor
     mode: str
     slot: int = NO_ADAPTER
     rows: torch.Tensor | None = None
-    active_ids: torch.Tensor | None = None
+    gather_ids: torch.Tensor | None = None
 
 
 def plan_slots(slot_ids: torch.Tensor) -> SlotPlan:
@@ -82,21 +87,20 @@ def plan_slots(slot_ids: torch.Tensor) -> SlotPlan:
     n_active = int(active.sum())
     if n_active == 0:
         return SlotPlan(slot_ids, "none")
-    if n_active == slot_ids.numel():
-        if bool((slot_ids == slot_ids[0]).all()):
-            return SlotPlan(slot_ids, "one", slot=int(slot_ids[0]))
-        return SlotPlan(slot_ids, "mixed", active_ids=slot_ids)
-    rows = active.nonzero().squeeze(1)
-    return SlotPlan(slot_ids, "partial", rows=rows, active_ids=slot_ids.index_select(0, rows))
+    if n_active == slot_ids.numel() and bool((slot_ids == slot_ids[0]).all()):
+        return SlotPlan(slot_ids, "one", slot=int(slot_ids[0]))
+    rows = None if n_active == slot_ids.numel() else active.nonzero().squeeze(1)
+    ids = slot_ids if rows is None else slot_ids.index_select(0, rows)  # (n_active,)
+    return SlotPlan(slot_ids, "mixed" if rows is None else "partial", rows=rows, gather_ids=ids)
 
 
 def apply_lora(base_out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, b_t: torch.Tensor,
                plan: SlotPlan, gathered: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``base_out + lora term`` (in place), rows of slot -1 left untouched.
 
-    base_out: (N, T, d_out); x: (N, T, d_in). ``gathered`` = (a_t[active_ids], b_t[active_ids]),
-    shapes (n_active, d_in, R) and (n_active, R, d_out), may be passed in when the caller
-    reuses them across decode steps (the batch's rows and slots did not change).
+    base_out: (N, T, d_out); x: (N, T, d_in). ``gathered`` = (a_t[gather_ids], b_t[gather_ids]),
+    shapes (n_active, d_in, R) and (n_active, R, d_out), may be passed in when the caller reuses them across
+    decode steps (the batch's rows and slots did not change).
     """
     if plan.mode == "none":
         return base_out
@@ -105,7 +109,7 @@ def apply_lora(base_out: torch.Tensor, x: torch.Tensor, a_t: torch.Tensor, b_t: 
         flat.addmm_(x.reshape(-1, x.shape[-1]) @ a_t[plan.slot], b_t[plan.slot])
         return base_out
     if gathered is None:
-        gathered = (a_t.index_select(0, plan.active_ids), b_t.index_select(0, plan.active_ids))
+        gathered = (a_t.index_select(0, plan.gather_ids), b_t.index_select(0, plan.gather_ids))
     a, b = gathered
     if plan.mode == "mixed":
         return base_out.baddbmm_(torch.bmm(x, a), b)  # (N, T, R) @ (N, R, d_out) added in place
@@ -176,10 +180,10 @@ class MultiLoraLinear(nn.Module):
         if plan is None or plan.mode == "none":
             return out
         gathered = None
-        if plan.mode in ("mixed", "partial"):
+        if plan.gather_ids is not None:
             if self._gathered is None or self._gathered[0] is not plan:
-                self._gathered = (plan, (self.a_t.index_select(0, plan.active_ids),
-                                         self.b_t.index_select(0, plan.active_ids)))
+                self._gathered = (plan, (self.a_t.index_select(0, plan.gather_ids),
+                                         self.b_t.index_select(0, plan.gather_ids)))
             gathered = self._gathered[1]
         return apply_lora(out, x, self.a_t, self.b_t, plan, gathered)
 

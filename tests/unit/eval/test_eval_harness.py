@@ -159,3 +159,7 @@ def test_cli_eval_prints_table_and_errors_cleanly(tiny_base, trained_adapter, tm
     res = runner.invoke(app, ["eval", "--benchmark", str(bench), "--write-into-adapter", "--base-model", tiny_base,
                               "--metric", "loss"])
     assert res.exit_code == 2 and "--write-into-adapter needs --adapter" in res.output
+    res = runner.invoke(app, ["eval", "--list-metrics"])
+    assert res.exit_code == 0 and "exact_match" in res.output and "pattern_compliance" in res.output
+    res = runner.invoke(app, ["eval", "--benchmark", str(bench), "--limit", "0"])
+    assert res.exit_code == 2 and "--limit" in res.output

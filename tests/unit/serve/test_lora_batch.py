@@ -32,6 +32,8 @@ CASES = [  # (N rows, T tokens, slots, slot ids)
     (3, 7, 2, [1, 1, 1]),
     (6, 2, 4, [-1, 0, -1, 3, 3, -1]),
     (2, 4, 2, [-1, -1]),
+    (8, 3, 3, [1, 0, 1, 1, 2, 0, 1, 1]),      # adapters shared by several rows
+    (7, 1, 5, [4, -1, 4, 0, -1, 4, 0]),      # shared, and rows that have no adapter
 ]
 
 
@@ -106,13 +108,19 @@ def test_capture_records_linear_inputs():
     assert ctx.capture is None and ctx.plan is None
 
 
-@pytest.mark.parametrize("ids,mode", [([-1, -1], "none"), ([2, 2, 2], "one"), ([0, 1, 0], "mixed"),
-                                      ([-1, 3, 1], "partial")])
-def test_plan_modes(ids, mode):
+@pytest.mark.parametrize("ids,mode,gather,rows", [
+    ([-1, -1], "none", None, None),
+    ([2, 2, 2], "one", None, None),
+    ([0, 1, 0], "mixed", [0, 1, 0], None),
+    ([-1, 3, 1], "partial", [3, 1], [1, 2]),
+    ([3, -1, 1, 3, 3], "partial", [3, 1, 3, 3], [0, 2, 3, 4]),
+])
+def test_plan_modes(ids, mode, gather, rows):
     plan = plan_slots(torch.tensor(ids))
     assert plan.mode == mode
-    if mode == "partial":
-        assert plan.rows.tolist() == [1, 2] and plan.active_ids.tolist() == [3, 1]
+    if gather is not None:
+        assert plan.gather_ids.tolist() == gather
+    assert (plan.rows.tolist() if plan.rows is not None else None) == rows
 
 
 def test_gathered_factors_are_reused_per_plan_and_refreshed_when_a_slot_changes():
