@@ -227,8 +227,8 @@ class Demo:
         proc = subprocess.run(_cli("hub", "release", "--storage", str(storage), "--base-model", base),
                               capture_output=True, text=True)
         self.console.print(proc.stdout.strip())
-        if proc.returncode != 0:
-            raise DemoError("the release failed", hint=proc.stderr.strip()[-2000:])
+        if proc.returncode != 0 or "published" not in proc.stdout:
+            raise DemoError("the release was not published", hint=(proc.stderr or proc.stdout).strip()[-2000:])
 
     # 7
     def serve(self, base: str, hub: str) -> None:
@@ -256,9 +256,12 @@ class Demo:
         from quantgrid.hub.client import HubClient
 
         self.step("Export the release to GGUF + an Ollama Modelfile")
+        from quantgrid.serve.deploy import unpack_release
+
         with HubClient(hub) as client:
             version = client.latest_release().version
-            release_dir = client.download_release(version, self.w / "release" / version)
+            archive = client.download_release(version, self.w / "release" / f"{version}.zip")
+        release_dir = unpack_release(archive.read_bytes(), self.w / "release" / version)
         out = self.w / "export"
         proc = subprocess.run(_cli("export", "ollama", "--adapter", str(release_dir), "--base", base,
                                    "--out", str(out), "--name", "quantgrid-demo"), capture_output=True, text=True)

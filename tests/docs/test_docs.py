@@ -36,6 +36,18 @@ GUIDES = ("contributor-guide.md", "hub-operator-guide.md", "serving-guide.md", "
 ALL_MARKDOWN = sorted([ROOT / "README.md", *DOCS.glob("*.md")])
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 BLOCK_TIMEOUT_S = 420
+# What each quickstart says it produces (globs relative to its directory): a run that exits 0
+# without these did not do what the guide claims.
+PRODUCES = {
+    "contributor-guide.md": ["my_data.train.jsonl", "my_data.benchmark.jsonl", "my_adapter/adapter_model.safetensors",
+                             "my_adapter/eval/results.json", "eval/REPORT.md", "quantgrid_submission_*.zip"],
+    "hub-operator-guide.md": ["quantgrid_submission_*.zip", "hub/releases/20*/adapter_model.safetensors",
+                              "hub/releases/20*/release.json", "hub-backup.db", ".quantgrid-config/credentials.json"],
+    "serving-guide.md": ["adapter/adapter_model.safetensors"],
+    "export-guide.md": ["gguf/base-f16.gguf", "gguf/base-q8_0.gguf", "gguf/adapter.gguf", "ollama/Modelfile",
+                        "ollama/base.gguf", "ollama/adapter.gguf", "merged/config.json", "merged/model.safetensors"],
+    "architecture.md": [],
+}
 
 # ---------------------------------------------------------------- markdown parsing
 
@@ -172,6 +184,9 @@ def run_quickstart(guide: str, workdir: Path) -> str | None:
             return f"{guide} line {block.line}: exit code {proc.returncode}\n{block.code}\n--- output ---\n{out[-6000:]}"
         if left:
             return f"{guide} line {block.line}: left processes running: {left}"
+    missing = [g for g in PRODUCES[guide] if not any(workdir.glob(g))]
+    if missing:
+        return f"{guide}: the quickstart exited 0 but did not produce {missing}\n" + "".join(transcript)[-6000:]
     return None
 
 
@@ -204,7 +219,10 @@ def test_guide_starts_with_a_quickstart(guide: str) -> None:
 
 # ---------------------------------------------------------------- command names and flags
 
-_START = re.compile(r"(?:^|(?<=[\s;&|(!`]))(?:[\w.~-]*/)*quantgrid(?=\s|$)")
+# `quantgrid` in command position: at the start, or after ; & | ( ! ` then do, and after any
+# VAR=value assignments; with an optional path (.venv/bin/quantgrid). `--storage /srv/quantgrid`
+# is an argument, not a command.
+_START = re.compile(r"(?:^|[;&|(`!]|\bthen\b|\bdo\b)\s*(?:\w+=\S*\s+)*((?:[\w.~-]*/)*quantgrid)(?=\s|$)")
 
 
 def _segment(text: str, start: int) -> str:
@@ -240,7 +258,7 @@ def shell_commands(code: str) -> list[str]:
         if stripped.startswith("#"):
             continue
         for s in _START.finditer(line):
-            out.append(_segment(line, s.start()))
+            out.append(_segment(line, s.start(1)))
     return out
 
 
@@ -297,13 +315,15 @@ def test_extractor_finds_nested_and_continued_commands() -> None:
             'quantgrid login --token "$(quantgrid hub user add bob)" # comment\n'
             'quantgrid train --dataset d.jsonl \\\n  --output out && .venv/bin/quantgrid demo --quick\n'
             "python - <<'EOF'\nquantgrid not-a-command\nEOF\n"
-            'pip install "quantgrid[ml]"\n')
+            'pip install "quantgrid[ml]"\n'
+            'LOCAL_PYTORCH_ENABLED=false quantgrid serve --storage /srv/quantgrid | tee log\n')
     assert shell_commands(code) == [
         "quantgrid hub user add alice --config hub.yaml",
         'quantgrid login --token "$(quantgrid hub user add bob)" ',
         "quantgrid hub user add bob",
         "quantgrid train --dataset d.jsonl    --output out ",
         ".venv/bin/quantgrid demo --quick",
+        "quantgrid serve --storage /srv/quantgrid ",
     ]
     root = _cli_root()
     assert check_command(root, "quantgrid train --dataset x --output y") is None

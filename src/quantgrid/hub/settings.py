@@ -108,7 +108,8 @@ class HubSettings(BaseSettings):
     benchmark_files: list[Path] = Field(default_factory=list, description="operator's own benchmark files (JSON/JSONL), "
                                         "added to the hidden benchmark; they never leave the hub")
     min_loss_improvement: float = Field(0.01, ge=0, description="nats/token a candidate must beat the base by")
-    ood_tolerance: float = Field(0.05, ge=0, description="largest allowed rise of out-of-domain loss, nats/token")
+    ood_tolerance: float = Field(0.05, ge=0, description="largest allowed relative rise of out-of-domain loss "
+                                 "(0.05 = 5%, as `quantgrid eval --ood-threshold`)")
     duplicate_cosine: float = Field(0.95, gt=0, le=1, description="delta-W cosine above which adapters are near-duplicates")
     duplicate_margin: float = Field(0.02, ge=0, description="ε: a near-duplicate must beat the original by this, nats/token")
     score_decimals: int = Field(3, ge=0, le=6, description="published scores are rounded to this many decimals")

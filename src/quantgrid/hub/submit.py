@@ -227,6 +227,13 @@ def _benchmark(d: Path, results: dict | None, m: Manifest | None) -> CheckItem:
                                  f"keep {RAW_DATA_FILES[0]} for a per-item check)")
 
 
+def _nats(v: object) -> float:
+    """A loss as results.json records it: a number, or {"mean_nats_per_token": x, ...}."""
+    if isinstance(v, dict):
+        v = v.get("mean_nats_per_token")
+    return float(v) if isinstance(v, (int, float)) else float("nan")
+
+
 def _improvement(results: dict | None) -> CheckItem:
     name = "improvement"
     if results is None:
@@ -235,8 +242,8 @@ def _improvement(results: dict | None) -> CheckItem:
     delta = loss.get("delta") if isinstance(loss, dict) else None
     if isinstance(delta, (int, float)):
         if delta < 0:
-            return CheckItem(name, True, f"loss {loss.get('base', float('nan')):.4f} -> "
-                                         f"{loss.get('adapter', float('nan')):.4f} nats/token ({delta:+.4f})")
+            return CheckItem(name, True, f"loss {_nats(loss.get('base')):.4f} -> "
+                                         f"{_nats(loss.get('adapter')):.4f} nats/token ({delta:+.4f})")
         return CheckItem(name, False, f"the adapter's loss is not lower than the base's ({delta:+.4f} nats/token)")
     imp = results.get("improvement")
     if isinstance(imp, (int, float)):

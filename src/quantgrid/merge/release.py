@@ -208,16 +208,17 @@ def gate(metrics: dict[str, Any], *, tolerance: float = 0.0, ood_tolerance: floa
 
     Worse on the hidden benchmark means: the loss rose by more than ``tolerance`` AND the
     bootstrap interval lies entirely above zero (so noise alone cannot block a release).
-    Out of domain, the loss may not rise by more than ``ood_tolerance`` nats/token.
+    Out of domain, the loss may not rise by more than ``ood_tolerance`` (relative, 0.05 = 5%).
     """
     b, o = metrics["benchmark"], metrics.get("ood")
     if b["delta"] > tolerance and b["ci95"][0] > 0:
         return GateResult(False, f"worse than {metrics['against']} on the hidden benchmark: loss "
                                  f"{b['previous']:.4f} -> {b['new']:.4f} nats/token (+{b['delta']:.4f}, "
                                  f"95% CI [{b['ci95'][0]:.4f}, {b['ci95'][1]:.4f}])")
-    if o is not None and o["delta"] > ood_tolerance:
-        return GateResult(False, f"out-of-domain loss rose by {o['delta']:.4f} nats/token against "
-                                 f"{metrics['against']} (allowed {ood_tolerance})")
+    if o is not None and o["delta"] > ood_tolerance * o["previous"]:
+        return GateResult(False, f"out-of-domain loss rose by {o['delta']:.4f} nats/token "
+                                 f"({o['delta'] / o['previous']:+.1%}) against {metrics['against']} "
+                                 f"(allowed +{ood_tolerance:.1%})")
     return GateResult(True, f"no worse than {metrics['against']}: benchmark {b['delta']:+.4f}"
                             + (f", out-of-domain {o['delta']:+.4f}" if o else "") + " nats/token")
 
