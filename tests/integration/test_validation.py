@@ -107,5 +107,8 @@ def test_tiny_hub_accepts_real_work_and_rejects_noise_unrelated_and_copies(tiny_
         assert copy["report"]["numbers"]["cosine"] == pytest.approx(1.0, abs=1e-3)
         assert copy["report"]["numbers"]["original"] == str(fin["id"])
 
+        print({"finance": fin["report"]["checks"][1]["numbers"], "finance_ood": fin["report"]["checks"][2]["numbers"],
+               "noise": noise["report"]["numbers"], "unrelated": unrel["report"]["numbers"],
+               "copy": copy["report"]["numbers"]})
         board = client.get("/v1/adapters").json()["items"]
         assert [a["id"] for a in board] == [fin["id"]]
