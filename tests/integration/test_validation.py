@@ -63,9 +63,9 @@ def test_tiny_hub_accepts_real_work_and_rejects_noise_unrelated_and_copies(tiny_
 
     for var in ("QUANTGRID_HUB_CONFIG", "QUANTGRID_HUB_CONFIG_FILE", "QUANTGRID_HUB_RECIPE"):
         monkeypatch.delenv(var, raising=False)
-    # The tiny base forgets general text faster than a 7B model, so its hub tolerates more OOD drift.
+    # The hub's default thresholds; only the benchmark is smaller than the default 500 items.
     settings = HubSettings.load(storage_dir=tmp_path / "hub", worker_enabled=False, benchmark_size=100,
-                                recipe={"base_model": tiny_base}, ood_tolerance=0.3, max_upload_bytes=16 << 20)
+                                recipe={"base_model": tiny_base}, max_upload_bytes=16 << 20)
     recipe = settings.recipe
     fin_dir = _train(tiny_base, recipe, generate(600, seed=7), tmp_path / "fin")
     unrel_dir = _train(tiny_base, recipe, _unrelated_text(600), tmp_path / "unrelated")

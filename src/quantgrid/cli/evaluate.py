@@ -36,6 +36,9 @@ def evaluate(
                                         "out-of-domain loss (0.05 = 5%)."),
     patterns: str = typer.Option(None, "--patterns", help="Pattern-compliance regexes: a preset (qi) or a JSON "
                                  "file with {\"must\": [...], \"must_not\": [...]}."),
+    prices: Path = typer.Option(None, "--prices", exists=True, dir_okay=False, help="Price panel for the alpha "
+                                "metrics (alpha_backtest, alpha_sharpe): long CSV/Parquet with date, ticker, open, "
+                                "high, low, close, volume. Default: a seeded synthetic panel."),
     train_data: str = typer.Option(None, "--train-data", help="Your training data, to check the benchmark does "
                                    "not overlap it (stays on this machine)."),
     batch_tokens: int = typer.Option(None, "--batch-tokens", help="Padded tokens per loss batch (default 8192; "
@@ -83,8 +86,8 @@ def evaluate(
             task = bar.add_task(desc, total=total)
             return lambda n: bar.advance(task, n)
 
-        ev = run_eval(cfg, progress=factory, on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}",
-                                                                                    highlight=False))
+        ev = run_eval(cfg, progress=factory, metric_options={"prices": prices} if prices else None,
+                      on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False))
     _print_results(ev.results)
     where = [str(output), str(output.parent / "REPORT.md")]
     if write_into_adapter and adapter is not None:

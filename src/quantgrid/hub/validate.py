@@ -327,7 +327,7 @@ def _harness_diagnoses(sub, hidden, bench, ood, loss, ood_numbers, cfg) -> list[
     ood_block = None
     if ood is not None:
         ob = ood[None].mean
-        threshold = cfg.ood_tolerance / ob if ob else cfg.ood_tolerance
+        threshold = cfg.ood_tolerance  # relative, as the harness's own threshold
         ood_block = {"base": ood[None].to_dict(), "adapter": ood["candidate"].to_dict(),
                      "delta": ood_numbers["rise"], "relative_change": ood_numbers["rise"] / ob if ob else None,
                      "threshold": threshold}
