@@ -46,7 +46,7 @@ class DemoSize:
     hidden_size: int  # hub's hidden benchmark items
 
 
-FULL = DemoSize(base="demo", n_train=600, max_steps=90, batch_size=8, eval_limit=120, hidden_size=150)
+FULL = DemoSize(base="demo", n_train=600, max_steps=60, batch_size=8, eval_limit=120, hidden_size=150)
 QUICK = DemoSize(base="test", n_train=200, max_steps=30, batch_size=8, eval_limit=40, hidden_size=40)
 
 

@@ -85,6 +85,5 @@ def rotate_secret(settings: HubSettings) -> tuple[str, str]:
                                "keep its own secret file")
     old = benchmark_id(settings.benchmark_seed())
     path = settings.storage_dir / SECRET_FILE
-    atomic_write_text(path, secrets.token_hex(32))
-    path.chmod(0o600)
+    atomic_write_text(path, secrets.token_hex(32), mode=0o600)
     return old, benchmark_id(settings.benchmark_seed())

@@ -79,8 +79,7 @@ def save_credentials(hub: str, token: str) -> Path:
     """Write ``{"hub", "token"}`` readable by the owner only (0600; the temp file is 0600 too)."""
     p = credentials_path()
     p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    atomic_write_text(p, json.dumps({"hub": normalize_url(hub), "token": token}, indent=2) + "\n")
-    p.chmod(0o600)
+    atomic_write_text(p, json.dumps({"hub": normalize_url(hub), "token": token}, indent=2) + "\n", mode=0o600)
     return p
 
 

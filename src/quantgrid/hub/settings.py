@@ -181,8 +181,7 @@ class HubSettings(BaseSettings):
 
         path = self.storage_dir / "benchmark_secret"
         if not path.exists():
-            atomic_write_text(path, secrets.token_hex(32))
-            path.chmod(0o600)
+            atomic_write_text(path, secrets.token_hex(32), mode=0o600)
         return path.read_text(encoding="utf-8").strip()
 
     def round_score(self, x: float | None) -> float | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -412,17 +411,7 @@ def write_adapter(cfg: TrainConfig, model, data: PreparedData, state, info, stan
         write_manifest(tmp, recipe=rec, base_name=info.name, base_fingerprint=info.fingerprint,
                        standard=standard, author=run.author, dataset_description=run.dataset_description,
                        dataset_fingerprint=data.fingerprint)
-        _ordinary_permissions(tmp)
     return out
-
-
-def _ordinary_permissions(root: Path) -> None:
-    """Temp dirs and atomic writes are created private (0700/0600); the adapter the user
-    asked for gets the usual permissions under their umask, like any file they write."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in [root, *root.rglob("*")]:
-        p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 # ---------------------------------------------------------------- the public API

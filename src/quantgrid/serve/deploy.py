@@ -16,6 +16,7 @@ release, and nothing is dropped: the swap only changes which adapter *new* reque
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -107,10 +108,20 @@ class HubReleaseSource:
             return None
         return self.get(version)
 
+    def _cache_key(self, version: str) -> str:
+        """Where a release is cached: per hub, version and build time. A version number
+        alone is not unique: another hub, or the same URL after its storage was rebuilt,
+        publishes its own 2026.47 for maybe another base."""
+        created = next((r.created_at for r in self.client.releases().items if r.version == version), None)
+        if created is None:
+            raise NotFound(f"the hub has no release {version}", hint="`quantgrid releases --hub URL` lists them")
+        digest = hashlib.sha256(f"{self.client.url}|{version}|{created.isoformat()}".encode()).hexdigest()[:12]
+        return f"{version}-{digest}"
+
     def get(self, version: str) -> ReleaseRef:
         if not VERSION_RE.match(version):
             raise ConfigError(f"{version!r} is not a release version", hint="use YYYY.WW, e.g. 2026.47, or 'latest'")
-        target = self.cache_dir / version
+        target = self.cache_dir / self._cache_key(version)
         if (target / "adapter_config.json").is_file():
             return ReleaseRef(version, target)
         archive = self.cache_dir / f".{version}.zip"

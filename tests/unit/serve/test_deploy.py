@@ -71,11 +71,15 @@ def test_hub_source_downloads_once_and_keeps_only_allowlisted_files(tmp_path, ad
     calls = []
     data = _zip(adapters["bonds"], {"../evil.sh": b"rm -rf /", "release/model.pkl": b"x"})
 
+    built = {"at": "2026-11-22T03:00:00Z"}
+
     def hub(request: httpx.Request):  # the hub's release endpoints (engineer G's side of the wire)
         calls.append(request.url.path)
+        release = {"version": "2026.47", "status": "published", "is_current": True, "created_at": built["at"]}
         if request.url.path == "/v1/releases/latest":
-            return httpx.Response(200, json={"version": "2026.47", "status": "published", "is_current": True,
-                                             "created_at": "2026-11-22T03:00:00Z"})
+            return httpx.Response(200, json=release)
+        if request.url.path == "/v1/releases":
+            return httpx.Response(200, json={"current": "2026.47", "items": [release]})
         if request.url.path == "/v1/releases/2026.47/download":
             return httpx.Response(200, content=data)
         return httpx.Response(404, json={"error": {"code": "not_found", "message": "no such release", "hint": None}})
@@ -89,11 +93,14 @@ def test_hub_source_downloads_once_and_keeps_only_allowlisted_files(tmp_path, ad
     assert sorted(p.name for p in ref.path.iterdir()) == ["README.md", "adapter_config.json",
                                                           "adapter_model.safetensors", "quantgrid.json"]
     assert src.latest().path == ref.path and calls.count("/v1/releases/2026.47/download") == 1
+    # The same version number from a rebuilt hub is another release: downloaded again, cached apart.
+    built["at"] = "2026-11-22T04:00:00Z"
+    rebuilt = src.latest()
+    assert rebuilt.path != ref.path and calls.count("/v1/releases/2026.47/download") == 2
     with pytest.raises(NotFound):
         src.get("2026.1")
     with pytest.raises(ConfigError):
-        unpack_release(_zip(tmp_path / "cache" / "2026.47", {}).replace(b"adapter_config", b"adapter_cXnfig"),
-                       tmp_path / "x")
+        unpack_release(_zip(ref.path, {}).replace(b"adapter_config", b"adapter_cXnfig"), tmp_path / "x")
 
 
 def test_deployer_swaps_release_without_dropping_a_running_request(engine, adapters, tmp_path):
