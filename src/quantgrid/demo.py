@@ -44,10 +44,11 @@ class DemoSize:
     batch_size: int
     eval_limit: int  # dev-benchmark items for the contributor-side eval
     hidden_size: int  # hub's hidden benchmark items
+    lr: float  # high for a tiny model; the bigger base forgets general text faster, so lower
 
 
-FULL = DemoSize(base="demo", n_train=600, max_steps=60, batch_size=8, eval_limit=120, hidden_size=150)
-QUICK = DemoSize(base="test", n_train=200, max_steps=30, batch_size=8, eval_limit=40, hidden_size=40)
+FULL = DemoSize(base="demo", n_train=600, max_steps=60, batch_size=8, eval_limit=120, hidden_size=150, lr=1e-3)
+QUICK = DemoSize(base="test", n_train=200, max_steps=30, batch_size=8, eval_limit=40, hidden_size=40, lr=2e-3)
 
 
 @dataclass
@@ -146,7 +147,7 @@ class Demo:
             out = self.w / "contributors" / name / "adapter"
             adapters[name] = QuantGridTrainer(base_model=base, console=self.console).train(
                 dataset_path=data, output_dir=out, num_epochs=20, batch_size=self.size.batch_size, grad_accum=1,
-                max_steps=self.size.max_steps, lr=2e-3, overwrite=True)
+                max_steps=self.size.max_steps, lr=self.size.lr, overwrite=True)
         return adapters
 
     # 3

@@ -29,7 +29,7 @@ from quantgrid.serve.engine import Delta, Done, Event, Failed
 from quantgrid.serve.metrics import ServeMetrics
 from quantgrid.serve.router import Router
 from quantgrid.serve.settings import ServeSettings
-from quantgrid.serve.upstream import GenSpec, UpstreamChain
+from quantgrid.serve.upstream import GenSpec, UpstreamChain, prepend
 
 log = logging.getLogger(__name__)
 BACKEND_HEADER = "X-QuantGrid-Backend"
@@ -185,7 +185,7 @@ async def open_generation(state: ServeState, spec: GenSpec) -> Generation:
         if not state.upstreams:
             raise ServerError(f"the local engine {reason}", hint="configure an upstream for fallback") from None
         return await _upstream(state, spec, reason=f"local engine {reason}")
-    return Generation("local", adapter, _prepend(first, events), len(ids))
+    return Generation("local", adapter, prepend(first, events), len(ids))
 
 
 async def _upstream(state: ServeState, spec: GenSpec, reason: str) -> Generation:
@@ -194,15 +194,6 @@ async def _upstream(state: ServeState, spec: GenSpec, reason: str) -> Generation
                            hint="add --upstream NAME=URL, or enable the local engine")
     name, events = await state.upstreams.open(spec)
     return Generation(f"upstream:{name}", None, events)
-
-
-async def _prepend(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    try:
-        yield first
-        async for ev in rest:
-            yield ev
-    finally:
-        await rest.aclose()
 
 
 async def collect(gen: Generation) -> tuple[str, Done]:

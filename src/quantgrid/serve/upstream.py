@@ -107,7 +107,7 @@ class UpstreamChain:
                 await stream.aclose()
                 errors.append(f"{up.name}: {e}")
                 continue
-            return up.name, _prepend(first, stream)
+            return up.name, prepend(first, stream)
         raise NetworkError("every upstream failed: " + "; ".join(errors) if errors else "no upstream is configured",
                            hint="check the upstream URLs and their API key variables, or enable the local engine")
 
@@ -137,7 +137,7 @@ class UpstreamChain:
             yield Done(finish, int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", n)))
 
 
-async def _prepend(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
+async def prepend(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
     try:
         yield first
         async for ev in rest:

@@ -18,17 +18,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from quantgrid.errors import NotFound, PayloadTooLarge, Unprocessable
+from quantgrid.utils import fsync_dir
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class BlobWriter:
@@ -71,7 +63,7 @@ class BlobWriter:
         else:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         return sha
 
     def abort(self) -> None:
