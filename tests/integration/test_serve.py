@@ -239,4 +239,5 @@ def test_auto_deploy_from_a_real_hub(tiny_base, crypto, tmp_path):
                 time.sleep(0.1)
             r = httpx.post(srv.url + "/v1/completions", json=body, timeout=60)
             assert r.status_code == 200 and r.headers["X-QuantGrid-Adapter"] == "release-2026.47"
-    assert (tmp_path / "cache" / "2026.47" / "adapter_model.safetensors").is_file()
+    # cached per hub + version + build time (see HubReleaseSource._cache_key)
+    assert len(list((tmp_path / "cache").glob("2026.47-*/adapter_model.safetensors"))) == 1
