@@ -47,7 +47,7 @@ class DemoSize:
     lr: float  # high for a tiny model; the bigger base forgets general text faster, so lower
 
 
-FULL = DemoSize(base="demo", n_train=600, max_steps=60, batch_size=8, eval_limit=120, hidden_size=150, lr=1e-3)
+FULL = DemoSize(base="demo", n_train=600, max_steps=60, batch_size=8, eval_limit=120, hidden_size=150, lr=5e-4)
 QUICK = DemoSize(base="test", n_train=200, max_steps=30, batch_size=8, eval_limit=40, hidden_size=40, lr=2e-3)
 
 
@@ -387,6 +387,9 @@ def write_summary(result: DemoResult, path: Path) -> Path:
 
 
 def run_demo(workdir: Path | None = None, *, quick: bool = False, console: Console | None = None) -> DemoResult:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the demo prints its own progress; per-file load bars are noise
     console = console or Console()
     keep = workdir is not None
     workdir = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="quantgrid-demo-"))
