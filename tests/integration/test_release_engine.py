@@ -21,16 +21,13 @@ RELEASE_FILES = {"adapter_config.json", "adapter_model.safetensors", "quantgrid.
 @pytest.fixture(scope="module")
 def world(tiny_base, tmp_path_factory):
     """Three helpful adapters from two contributors, and one harmful adapter."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: extra threads only fight over a shared CPU
     root = tmp_path_factory.mktemp("adapters")
     recipe = release_recipe(tiny_base)
     dirs = train_adapters(tiny_base, recipe, root, {"a1": (1, 1.0), "a2": (2, 1.0), "b1": (3, 1.0), "bad": (4, -25.0)})
     who = {"a1": "alice", "a2": "alice", "b1": "bob", "bad": "mallory"}
     contribs = {n: R.Contribution(id=n, contributor=who[n], factors=R.read_factors(d)) for n, d in dirs.items()}
     bench, ood = hidden()
-    yield {"base": tiny_base, "recipe": recipe, "dirs": dirs, "c": contribs, "bench": bench, "ood": ood}
-    torch.set_num_threads(threads)
+    return {"base": tiny_base, "recipe": recipe, "dirs": dirs, "c": contribs, "bench": bench, "ood": ood}
 
 
 def _run(world, store, names, **kw):

@@ -11,7 +11,6 @@ import time
 import zipfile
 
 import pytest
-import torch
 from release_helpers import release_recipe, train_adapters
 
 fastapi = pytest.importorskip("fastapi")
@@ -31,8 +30,6 @@ RELEASE_FILES = {"adapter_config.json", "adapter_model.safetensors", "quantgrid.
 
 @pytest.fixture(scope="module")
 def adapter_zips(tiny_base, tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("hub-adapters")
     dirs = train_adapters(tiny_base, release_recipe(tiny_base), root, {"a": (21, 1.0), "b": (22, 1.0), "c": (23, 1.0)})
     zips = {}
@@ -42,8 +39,7 @@ def adapter_zips(tiny_base, tmp_path_factory):
             for f in ("adapter_config.json", "adapter_model.safetensors"):
                 zf.write(d / f, f)
         zips[name] = buf.getvalue()
-    yield zips
-    torch.set_num_threads(threads)
+    return zips
 
 
 @pytest.fixture

@@ -23,13 +23,6 @@ def _files(d: Path) -> set[str]:
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a small shared CPU: one thread avoids OpenMP spin-wait slowdowns."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def finance_files(tmp_path_factory) -> tuple[Path, Path]:

@@ -14,14 +14,6 @@ from typer.testing import CliRunner  # noqa: E402
 from quantgrid.cli import app  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a small shared CPU: one thread avoids OpenMP spin-wait slowdowns."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory) -> Path:
     from quantgrid.data import load_examples, write_records

@@ -18,13 +18,6 @@ SETTINGS = dict(max_steps=8, batch_size=2, grad_accum=2, lr=3e-3, save_steps=2, 
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a small shared CPU: one thread avoids OpenMP spin-wait slowdowns."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> Path:

@@ -41,16 +41,3 @@ def adapter_copy(trained_adapter, tmp_path) -> Path:
     return dst
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The test machine's few cores are shared: one thread per test process beats two fighting."""
-    import sys
-
-    torch = sys.modules.get("torch")  # only when a test already uses torch
-    if torch is None:
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -11,14 +11,7 @@ def train_adapter(base_path: str, out_dir: Path, examples, *, steps: int = 15, l
                   recipe=None) -> Path:
     """Train a LoRA on ``examples`` for ``steps`` optimizer steps and write a full adapter
     directory: PEFT files, training/TRAINING_LOG.md (loss table) and quantgrid.json."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine is shared: one thread is faster than two fighting
-    try:
-        return _train(base_path, out_dir, examples, steps=steps, lr=lr, seed=seed, recipe=recipe)
-    finally:
-        torch.set_num_threads(threads)
+    return _train(base_path, out_dir, examples, steps=steps, lr=lr, seed=seed, recipe=recipe)
 
 
 def _train(base_path, out_dir, examples, *, steps, lr, seed, recipe):
