@@ -58,7 +58,7 @@ def gguf_cmd(
     if adapter is None and base is None:
         raise ExportError("nothing to export", hint="pass --base ID_OR_PATH for a model or --adapter DIR for an adapter")
     if adapter is not None:
-        path = export_adapter(adapter, _base_for(adapter, base), out)
+        path = export_adapter(adapter, _base_for(adapter, base), out, outtype)
     else:
         path = export_base(base, out, outtype)
     console.print(f"GGUF written to [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB)")
@@ -83,7 +83,8 @@ def ollama_cmd(
 
     base_id = _base_for(adapter, base)
     out.mkdir(parents=True, exist_ok=True)
-    export_adapter(adapter, base_id, out / "adapter.gguf")
+    # The adapter stays f16 whatever the base's type: Ollama advises non-quantized adapters.
+    export_adapter(adapter, base_id, out / "adapter.gguf", "f16")
     if from_ is None:
         export_base(base_id, out / "base.gguf", outtype)
         from_ = "./base.gguf"

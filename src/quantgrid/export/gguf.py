@@ -136,6 +136,23 @@ def _add_hparams(w: gguf_t.GGUFWriter, config, name: str) -> None:
     w.add_vocab_size(config.vocab_size)
 
 
+def _pre_tokenizer(tj: dict) -> str:
+    """llama.cpp's name for the tokenizer's split regex: it must split text exactly as the
+    HF tokenizer did, or the GGUF model sees other tokens than the ones it was trained on."""
+    pre = tj.get("pre_tokenizer") or {}
+    if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
+        return "gpt-2"  # HF's ByteLevel regex is GPT-2's (the tiny base, GPT-2-style BPEs)
+    regexes = [p.get("pattern", {}).get("Regex", "") for p in pre.get("pretokenizers", []) if p.get("type") == "Split"]
+    for regex in regexes:
+        if r"\p{N}{1,3}" in regex:
+            return "llama-bpe"  # Llama 3: numbers in groups of up to three digits
+        if r"|\p{N}|" in regex:
+            return "qwen2"  # Qwen2: one digit per token
+    raise ExportError("unknown pre-tokenizer: quantgrid cannot name its split regex for llama.cpp",
+                      hint="convert this base with llama.cpp's convert_hf_to_gguf.py; `export gguf --adapter` "
+                           "still works for the adapter")
+
+
 def _add_tokenizer(w: gguf_t.GGUFWriter, model_dir: Path, vocab_size: int) -> None:
     """Byte-level BPE vocab ("gpt2" model in llama.cpp terms) from tokenizer.json."""
     import gguf
@@ -158,8 +175,7 @@ def _add_tokenizer(w: gguf_t.GGUFWriter, model_dir: Path, vocab_size: int) -> No
         tokens.append(tok)
         types.append(gguf.TokenType.CONTROL if tok in special or i not in by_id else gguf.TokenType.NORMAL)
     w.add_tokenizer_model("gpt2")
-    # HF's ByteLevel pre-tokenizer uses GPT-2's split regex, which llama.cpp calls "gpt-2".
-    w.add_tokenizer_pre("gpt-2")
+    w.add_tokenizer_pre(_pre_tokenizer(tj))
     w.add_token_list(tokens)
     w.add_token_types(types)
     gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size).add_to_gguf(w, quiet=True)
@@ -202,8 +218,11 @@ def export_base(model_dir: str | Path, out: str | Path, outtype: str = "f16") ->
     return out
 
 
-def export_adapter(adapter_dir: str | Path, base_dir: str | Path, out: str | Path) -> Path:
-    """Write a PEFT LoRA adapter as a GGUF LoRA adapter (f32), with alpha recorded.
+def export_adapter(adapter_dir: str | Path, base_dir: str | Path, out: str | Path, outtype: str = "f32") -> Path:
+    """Write a PEFT LoRA adapter as a GGUF LoRA adapter, with alpha recorded.
+
+    ``outtype`` as for the base; factors whose rows are not a multiple of the q8_0 block
+    (a rank-16 B) fall back to f16.
 
     Tensor names follow llama.cpp: ``<base tensor name>.lora_a`` / ``.lora_b``. For the
     "llama" architecture the q/k output rows are permuted like the base weights, which
@@ -215,6 +234,7 @@ def export_adapter(adapter_dir: str | Path, base_dir: str | Path, out: str | Pat
     from quantgrid.ml.models import base_info, check_adapter_base, load_config
     from quantgrid.utils import atomic_path
 
+    _check_outtype(outtype)
     adapter_dir, out = Path(adapter_dir), Path(out)
     cfg_path = adapter_dir / "adapter_config.json"
     if not cfg_path.is_file():
@@ -245,6 +265,7 @@ def export_adapter(adapter_dir: str | Path, base_dir: str | Path, out: str | Pat
             data = weights[key].astype(np.float32)
             if which == "b":
                 data = _maybe_permute(hf_name, data, arch)
-            w.add_tensor(f"{_gguf_name(tmap, hf_name)}.lora_{which}", np.ascontiguousarray(data))
+            data, raw = _encode(np.ascontiguousarray(data), outtype)
+            w.add_tensor(f"{_gguf_name(tmap, hf_name)}.lora_{which}", data, raw_dtype=raw)
         _write(w)
     return out

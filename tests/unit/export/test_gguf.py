@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from quantgrid.errors import AdapterMismatchError, ExportError
-from quantgrid.export.gguf import export_adapter, export_base, permute_rows
+from quantgrid.export.gguf import _pre_tokenizer, export_adapter, export_base, permute_rows
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -144,3 +144,32 @@ def test_crash_midway_leaves_no_partial_file(tiny_base, tmp_path, monkeypatch):
 def test_unknown_outtype(tiny_base, tmp_path):
     with pytest.raises(ExportError, match="unknown --outtype 'q4'"):
         export_base(tiny_base, tmp_path / "b.gguf", "q4")
+
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
+
+
+@pytest.mark.parametrize(("pre", "name"), [
+    ({"type": "ByteLevel", "use_regex": True}, "gpt-2"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}},
+                                            {"type": "ByteLevel", "use_regex": False}]}, "llama-bpe"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}},
+                                            {"type": "ByteLevel", "use_regex": False}]}, "qwen2"),
+])
+def test_pre_tokenizer_named_from_the_split_regex(pre, name):
+    assert _pre_tokenizer({"pre_tokenizer": pre}) == name
+
+
+def test_unknown_pre_tokenizer_is_refused_not_guessed():
+    pre = {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": r"\w+"}}]}
+    with pytest.raises(ExportError, match="unknown pre-tokenizer"):
+        _pre_tokenizer({"pre_tokenizer": pre})
+
+
+def test_f16_adapter_loads_and_matches(tiny_base, random_adapter, reference, f32_files, tmp_path, open_llama):
+    lora16 = export_adapter(random_adapter, tiny_base, tmp_path / "lora-f16.gguf", "f16")
+    assert lora16.stat().st_size < f32_files[1].stat().st_size
+    got = _logits(open_llama(f32_files[0], lora16), reference["ids"])
+    assert np.abs(got - reference["adapter"]).max() < 2e-2
