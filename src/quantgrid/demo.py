@@ -249,8 +249,9 @@ class Demo:
                     model=model, messages=[{"role": "user", "content": question}], max_tokens=32, temperature=0)
                 answer = raw.parse().choices[0].message.content
                 backend = raw.headers.get("x-quantgrid-backend", "?")
-                self.result.answers[f"{model} (served by {backend})"] = answer
-                self.console.print(f"[bold]{model}[/] -> {backend}: {answer!r}")
+                adapter = raw.headers.get("x-quantgrid-adapter") or "base"
+                self.result.answers[f"{model} (served by {backend}, adapter {adapter})"] = answer
+                self.console.print(f"[bold]{model}[/] -> {backend}, adapter {adapter}: {answer!r}")
 
     # 8
     def export(self, base: str, hub: str) -> None:
