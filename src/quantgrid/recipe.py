@@ -124,13 +124,9 @@ class Recipe(_Strict):
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"recipe file not found: {p}", hint="pass a YAML file written by `quantgrid recipe show`")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: a recipe is a YAML mapping, got {type(data).__name__}")
-        return cls.from_dict(data, source=str(p))
+        from quantgrid.utils import load_yaml_mapping
+
+        return cls.from_dict(load_yaml_mapping(p, str(p)), source=str(p))
 
 
 def format_validation_error(e: ValidationError, flag_names: dict[str, str] | None = None) -> str:

@@ -11,6 +11,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def load_yaml_mapping(path: Path, label: str) -> dict:
+    """Parse a YAML file that must hold a mapping (an empty file is an empty mapping).
+
+    ``label`` starts each error message, e.g. the path or the flag that named it. The
+    caller checks that the file exists, since what to do about a missing file differs.
+    """
+    import yaml
+
+    from quantgrid.errors import ConfigError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{label}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a YAML mapping, got {type(data).__name__}")
+    return data
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -16,13 +16,13 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from quantgrid.errors import ConfigError
 from quantgrid.recipe import Recipe, format_validation_error
+from quantgrid.utils import load_yaml_mapping
 
 ENV_PREFIX = "QUANTGRID_HUB_"
 
@@ -49,12 +49,7 @@ class _YamlConfigSource(PydanticBaseSettingsSource):
         if not path.is_file():
             raise ConfigError(f"hub config file not found: {path}",
                               hint="pass --config with a YAML file of hub settings (keys as in `quantgrid hub serve --help`)")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: hub config must be a YAML mapping, got {type(data).__name__}")
+        data = load_yaml_mapping(path, f"hub config {path}")
         unknown = sorted(set(data) - set(settings_cls.model_fields))
         if unknown:
             raise ConfigError(f"{path}: unknown hub setting(s): {', '.join(unknown)}",

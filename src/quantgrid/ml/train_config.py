@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from quantgrid.errors import ConfigError
 from quantgrid.recipe import Recipe, format_validation_error
+from quantgrid.utils import load_yaml_mapping
 
 
 class RunSettings(BaseModel):
@@ -112,12 +113,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--config: {p} not found", hint="pass a YAML file, e.g. a previous run's training/train_config.yaml")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config {p}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {p}: expected a mapping of settings, got {type(data).__name__}")
+    data = load_yaml_mapping(p, f"--config {p}")
     flat: dict[str, Any] = {}
     recipe = data.pop("recipe", None) or {}
     for section, prefix in (("lora", "recipe.lora."), ("training", "recipe.training.")):
