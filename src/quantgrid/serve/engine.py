@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from quantgrid.errors import ConfigError, ModelError, NotFound
+from quantgrid.serve.events import Delta, Done, Event, Failed, TokenLogprob  # Delta/Done/Event re-exported
 from quantgrid.serve.lora_batch import (
     NO_ADAPTER,
     LoraContext,
@@ -43,26 +44,6 @@ from quantgrid.serve.sampling import SamplingParams, find_stop, make_generator, 
 from quantgrid.serve.slots import AdapterInfo, SlotTable, describe_adapter, read_adapter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Delta:
-    text: str
-
-
-@dataclass
-class Done:
-    finish_reason: str  # "stop" | "length" | "cancelled"
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class Failed:
-    error: Exception
-
-
-Event = Delta | Done | Failed
 _ids = itertools.count(1)
 
 
@@ -85,6 +66,7 @@ class GenRequest:
     last_token: int = 0
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # not yet sent (params.logprobs set)
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -411,6 +393,8 @@ class Engine:
                 self._emit_text(r, self._text(r), final=True)
                 self._finish(r, "stop")
                 continue
+            if r.params.logprobs is not None:
+                r.logprobs.append(self._token_logprob(r, logits[i], tok))
             r.generated.append(tok)
             self.stats.tokens_generated += 1
             text = self._text(r)
@@ -430,9 +414,26 @@ class Engine:
 
     def _emit_text(self, r: GenRequest, text: str, final: bool) -> None:
         end = len(text) if final else safe_prefix_len(text, r.params.stop)
-        if end > r.sent_chars:
-            r.sink(Delta(text[r.sent_chars:end]))
+        if end > r.sent_chars or (final and r.logprobs):
+            lps, r.logprobs = (r.logprobs or None), []
+            r.sink(Delta(text[r.sent_chars:end], lps))
             r.sent_chars = end
+
+    def _token_logprob(self, r: GenRequest, logits: torch.Tensor, tok: int) -> TokenLogprob:
+        """The sampled token's log-probability and the ``params.logprobs`` most likely tokens.
+        A token's text is what it adds after the previous token (keeps SentencePiece spaces)."""
+        lp = torch.log_softmax(logits.float(), dim=-1)
+        prev = r.generated[-1:] or r.prompt_ids[-1:]
+        head = self.tokenizer.decode(prev, skip_special_tokens=True)
+
+        def piece(t: int) -> str:
+            return self.tokenizer.decode(prev + [t], skip_special_tokens=True)[len(head):]
+
+        top = []
+        if r.params.logprobs:
+            vals, idx = torch.topk(lp, min(r.params.logprobs, lp.shape[-1]))
+            top = [(piece(int(t)), float(v)) for v, t in zip(vals, idx, strict=True)]
+        return TokenLogprob(piece(tok), float(lp[tok]), top)
 
     def _finish(self, r: GenRequest, reason: str | None, error: Exception | None = None) -> None:
         if r.finish_reason is not None:

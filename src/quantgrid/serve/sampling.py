@@ -17,6 +17,7 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False  # benchmarks: always generate max_tokens
+    logprobs: int | None = None  # None: no logprobs; k: each token's logprob and its k most likely alternatives
 
     @property
     def greedy(self) -> bool:
