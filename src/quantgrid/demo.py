@@ -160,14 +160,11 @@ class Demo:
             ev = run_eval(EvalConfig(benchmark="builtin:finance-dev", adapter=adapter, base_model=base,
                                      metrics=["loss"], limit=self.size.eval_limit, write_into_adapter=True,
                                      bootstrap=200))
-            loss = ev.results["loss"]
-            base_loss = loss["base"]["mean_nats_per_token"]
-            adapter_loss = loss["adapter"]["mean_nats_per_token"]
-            self.result.base_loss = base_loss
-            self.result.adapter_loss[name] = adapter_loss
-            verdict = ev.verdict or {}
-            table.add_row(name, f"{base_loss:.3f}", f"{adapter_loss:.3f}", f"{loss['delta']:+.3f}",
-                          "pass" if verdict.get("passed") else "fail")
+            r = ev.results
+            self.result.base_loss = r.base_loss
+            self.result.adapter_loss[name] = r.adapter_loss
+            table.add_row(name, f"{r.base_loss:.3f}", f"{r.adapter_loss:.3f}", f"{r.loss.delta:+.3f}",
+                          "pass" if r.verdict and r.verdict.passed else "fail")
         self.console.print(table)
 
     # 4

@@ -10,8 +10,10 @@
 4. generate answers greedily for both and compute the generation metrics;
 5. judge the minimum bar (LocoLLM's): the adapter beats the base in its domain and its
    out-of-domain loss rises by no more than ``ood_threshold``;
-6. write results.json (LocoLLM's fields plus ``loss``, ``metrics``, ``ood``, ``verdict``)
-   and REPORT.md, and with ``write_into_adapter`` the adapter's ``eval/`` folder and
+6. write results.json (an :class:`~quantgrid.eval.results.EvalResults`: LocoLLM's fields
+   plus ``higher_is_better``, ``loss``, ``metrics``, ``ood``, ``verdict``) to ``output`` and
+   its report beside it (``results.json`` -> ``REPORT.md``, ``base_results.json`` ->
+   ``base_REPORT.md``), and with ``write_into_adapter`` the adapter's ``eval/`` folder and
    manifest.
 """
 
@@ -33,6 +35,19 @@ from quantgrid.data.types import Example
 from quantgrid.errors import ConfigError, DataError, EvalError
 from quantgrid.eval.loss import DEFAULT_BATCH_TOKENS, LossResult, bootstrap_delta_ci
 from quantgrid.eval.metrics import MetricResult, compute_metrics, get_metric, metric_names
+from quantgrid.eval.results import (
+    EvalResults,
+    EvalSummary,
+    LossBlock,
+    LossStats,
+    MetricBlock,
+    MetricScore,
+    OodBlock,
+    Overlap,
+    RunRecord,
+    TrainingSummary,
+    Verdict,
+)
 from quantgrid.recipe import Recipe
 from quantgrid.utils import atomic_write_text
 
@@ -100,17 +115,17 @@ class EvalConfig(BaseModel):
 class Evaluation:
     """Everything one run found; ``results`` is what results.json holds."""
 
-    results: dict[str, Any]
+    results: EvalResults
     examples: list[Example]
     losses: dict[str | None, LossResult]
     answers: dict[str | None, list[str]] = field(default_factory=dict)
     metric_results: dict[str | None, dict[str, MetricResult]] = field(default_factory=dict)
-    training: dict[str, Any] = field(default_factory=dict)
+    training: TrainingSummary = field(default_factory=TrainingSummary)
     adapter_key: str | None = None  # the adapter's name in ``losses`` / ``answers``; None: base only
 
     @property
-    def verdict(self) -> dict[str, Any] | None:
-        return self.results.get("verdict")
+    def verdict(self) -> Verdict | None:
+        return self.results.verdict
 
 
 # ---------------------------------------------------------------- inputs
@@ -187,46 +202,55 @@ def _trained_base_path(adapter: Path) -> str | None:
     return path if path and Path(path).is_dir() else None
 
 
-def overlap_warnings(examples: list[Example], adapter: Path | None, manifest: Any, train_data: str | None) -> list[str]:
-    """Warn when the benchmark is (partly) the adapter's training data: its scores would flatter it.
+def check_overlap(examples: list[Example], adapter: Path | None, manifest: Any, train_data: str | None
+                  ) -> tuple[Overlap, list[str]]:
+    """Is the benchmark (partly) the adapter's training data? Its scores would flatter it.
 
     The manifest's fingerprint holds only counts and one hash of the whole set, so it
     catches a benchmark that IS the training set; an exact per-item check needs the data
     itself (``training/dataset.jsonl`` when the contributor kept it, or ``train_data``).
+    Returns the counts and one warning per finding, for people.
     """
     from quantgrid.data import example_hash, fingerprint, load_examples
 
-    out = []
+    found, warnings = Overlap(), []
     train_fp = (manifest.dataset.fingerprint if manifest else None) or {}
     if train_fp.get("sha256") and train_fp["sha256"] == fingerprint(examples)["sha256"]:
-        out.append("the benchmark is the adapter's training set (same dataset fingerprint): "
-                   "its scores say nothing about held-out data")
+        found.same_fingerprint = True
+        warnings.append("the benchmark is the adapter's training set (same dataset fingerprint): "
+                        "its scores say nothing about held-out data")
     sources = [s for s in (train_data, adapter / "training" / "dataset.jsonl" if adapter else None)
                if s is not None and Path(s).is_file()]
     if sources:
         train_hashes = {example_hash(ex) for ex in load_examples(sources[0])}
         n = sum(example_hash(ex) in train_hashes for ex in examples)
+        found.n_overlapping, found.checked_per_item = n, True
         if n:
-            out.append(f"{n} of {len(examples)} benchmark items are in the adapter's training data "
-                       f"({sources[0]}): the scores overstate the adapter")
-    return out
+            warnings.append(f"{n} of {len(examples)} benchmark items are in the adapter's training data "
+                            f"({sources[0]}): the scores overstate the adapter")
+    return found, warnings
 
 
-def training_summary(adapter: Path | None, manifest: Any) -> dict[str, Any]:
+def overlap_warnings(examples: list[Example], adapter: Path | None, manifest: Any, train_data: str | None) -> list[str]:
+    """The warnings of :func:`check_overlap` alone."""
+    return check_overlap(examples, adapter, manifest, train_data)[1]
+
+
+def training_summary(adapter: Path | None, manifest: Any) -> TrainingSummary:
     """What the adapter's records say about its training: example count, final train loss."""
-    out: dict[str, Any] = {}
+    out = TrainingSummary()
     if manifest is not None:
         fp = manifest.dataset.fingerprint or {}
         if fp.get("n_examples") is not None:
-            out["n_examples"] = int(fp["n_examples"])
-        out["non_standard"] = list(manifest.non_standard)
+            out.n_examples = int(fp["n_examples"])
+        out.non_standard = list(manifest.non_standard)
     log = adapter / "training" / "TRAINING_LOG.md" if adapter else None
     if log is not None and log.is_file():
         train, evals = _losses_from_log(log.read_text(encoding="utf-8"))
         if train:
-            out["final_train_loss"] = sum(train[-3:]) / len(train[-3:])  # a few rows: one batch is noisy
+            out.final_train_loss = sum(train[-3:]) / len(train[-3:])  # a few rows: one batch is noisy
         if evals:
-            out["final_eval_loss"] = evals[-1]
+            out.final_eval_loss = evals[-1]
     return out
 
 
@@ -254,7 +278,10 @@ def relative(new: float, old: float) -> float | None:
 
 
 def improvement(metric: str, adapter: float | None, base: float | None, higher_is_better: bool = True) -> float | None:
-    """LocoLLM's ``improvement``: relative gain over the base (for loss, the relative drop)."""
+    """LocoLLM's ``improvement``: relative gain over the base, positive when the adapter is better.
+
+    For a metric where lower is better (the loss), that is the relative drop.
+    """
     if adapter is None or base is None:
         return None
     rel = relative(adapter, base)
@@ -263,43 +290,65 @@ def improvement(metric: str, adapter: float | None, base: float | None, higher_i
     return -rel if (metric == LOSS or not higher_is_better) else rel
 
 
-def judge(loss: dict[str, Any], ood: dict[str, Any] | None, threshold: float) -> dict[str, Any]:
+def judge(loss: LossBlock, ood: OodBlock | None, threshold: float) -> Verdict:
     """The minimum bar: lower in-domain loss than the base, OOD loss up by at most ``threshold``."""
     reasons = []
-    in_domain = loss["delta"] is not None and loss["delta"] < 0
-    significant = loss["delta_ci"] is not None and loss["delta_ci"][1] < 0
+    in_domain = loss.delta is not None and loss.delta < 0
+    significant = loss.delta_ci is not None and loss.delta_ci[1] < 0
     if in_domain:
-        reasons.append(f"in domain the adapter lowers the loss by {-loss['delta']:.4f} nats/token "
-                       f"({-loss['relative_change']:.1%})" + ("" if significant else ", within noise (CI spans 0)"))
+        rel = f" ({-loss.relative_change:.1%})" if loss.relative_change is not None else ""
+        reasons.append(f"in domain the adapter lowers the loss by {-loss.delta:.4f} nats/token{rel}"
+                       + ("" if significant else ", within noise (CI spans 0)"))
     else:
         reasons.append("in domain the adapter does not lower the loss below the base's")
     ood_ok = True
     if ood is not None:
-        ood_ok = ood["relative_change"] is not None and ood["relative_change"] <= threshold
-        change = ood["relative_change"]
+        change = ood.relative_change
+        ood_ok = change is not None and change <= threshold
         reasons.append(f"out of domain the loss changes by {change:+.1%} (allowed: +{threshold:.0%})"
                        if change is not None else "out of domain the loss could not be computed")
     else:
         reasons.append("no out-of-domain set was evaluated")
-    return {"passed": bool(in_domain and ood_ok), "in_domain_better": bool(in_domain),
-            "in_domain_significant": bool(significant), "ood_passed": bool(ood_ok) if ood is not None else None,
-            "ood_threshold": threshold, "reasons": reasons}
+    return Verdict(passed=bool(in_domain and ood_ok), in_domain_better=bool(in_domain),
+                   in_domain_significant=bool(significant), ood_passed=bool(ood_ok) if ood is not None else None,
+                   ood_threshold=threshold, reasons=reasons)
 
 
-def _loss_block(losses: dict[str | None, LossResult], adapter_key: str | None, n_boot: int, seed: int
-                ) -> dict[str, Any]:
-    base = losses[None]
-    block: dict[str, Any] = {"unit": "nats per completion token", "base": base.to_dict(),
-                             "padding_fraction": round(base.padding_fraction, 4)}
-    if adapter_key is None:
-        block.update(adapter=None, delta=None, delta_ci=None, relative_change=None)
+def _stats(r: LossResult) -> LossStats:
+    return LossStats.model_validate(r.to_dict())
+
+
+def loss_block(base: LossResult, adapter: LossResult | None, delta_ci: tuple[float, float] | None) -> LossBlock:
+    """The benchmark's proof-of-loss block from the two models' losses and a CI of their delta."""
+    block = LossBlock(base=_stats(base), padding_fraction=round(base.padding_fraction, 4))
+    if adapter is None:
         return block
-    ad = losses[adapter_key]
-    lo, hi = bootstrap_delta_ci(base, ad, n=n_boot, seed=seed)
-    block.update(adapter=ad.to_dict(), delta=ad.mean - base.mean,
-                 delta_ci=[lo, hi] if math.isfinite(lo) else None, ci_level=0.95,
-                 relative_change=relative(ad.mean, base.mean))
+    block.adapter = _stats(adapter)
+    block.delta = adapter.mean - base.mean
+    if delta_ci is not None and all(math.isfinite(x) for x in delta_ci):
+        block.delta_ci, block.ci_level = [float(delta_ci[0]), float(delta_ci[1])], 0.95
+    block.relative_change = relative(adapter.mean, base.mean)
     return block
+
+
+def ood_block(name: str, base: LossResult, adapter: LossResult, threshold: float) -> OodBlock:
+    change = relative(adapter.mean, base.mean)
+    return OodBlock(benchmark=name, n_examples=len(base.n_tokens), base=_stats(base), adapter=_stats(adapter),
+                    delta=adapter.mean - base.mean, relative_change=change, threshold=threshold,
+                    passed=change is not None and change <= threshold)
+
+
+def loss_results(base: LossResult, adapter: LossResult, *, benchmark: str, base_model: str,
+                 delta_ci: tuple[float, float] | None, ood: tuple[LossResult, LossResult] | None = None,
+                 ood_name: str = "ood", ood_threshold: float = 0.05) -> EvalResults:
+    """Results of a loss-only comparison (what the hub measures), judged like ``quantgrid eval``."""
+    loss = loss_block(base, adapter, delta_ci)
+    oblock = ood_block(ood_name, ood[0], ood[1], ood_threshold) if ood is not None else None
+    return EvalResults(adapter="candidate", base_model=base_model, benchmark=benchmark,
+                       n_examples=len(base.n_tokens), metric=LOSS, higher_is_better=False,
+                       adapter_score=adapter.mean, base_model_score=base.mean,
+                       improvement=improvement(LOSS, adapter.mean, base.mean), loss=loss, ood=oblock,
+                       verdict=judge(loss, oblock, ood_threshold))
 
 
 # ---------------------------------------------------------------- the run
@@ -322,7 +371,7 @@ def run_eval(cfg: EvalConfig, *, progress: ProgressFactory | None = None, metric
     patterns = load_patterns(cfg.patterns)
     info = resolve_adapter(cfg.adapter, cfg.base_model)
     recipe = info.recipe
-    warnings = overlap_warnings(examples, cfg.adapter, info.manifest, cfg.train_data)
+    overlap, warnings = check_overlap(examples, cfg.adapter, info.manifest, cfg.train_data)
     for w in warnings:
         if on_warning:
             on_warning(w)
@@ -359,22 +408,21 @@ def run_eval(cfg: EvalConfig, *, progress: ProgressFactory | None = None, metric
             metric_results[v] = compute_metrics(gen_metrics, examples, answers[v], patterns=patterns,
                                                 **(metric_options or {}))
 
-    loss = _loss_block(losses, adapter_key, cfg.bootstrap, cfg.seed)
+    ci = None
+    if adapter_key is not None:
+        ci = bootstrap_delta_ci(losses[None], losses[adapter_key], n=cfg.bootstrap, seed=cfg.seed)
+    loss = loss_block(losses[None], losses[adapter_key] if adapter_key else None, ci)
     ood = None
-    if ood_losses is not None and adapter_key is not None:
-        ob, oa = ood_losses[None], ood_losses[adapter_key]
-        ood = {"benchmark": cfg.ood, "n_examples": len(ood_examples or []), "base": ob.to_dict(),
-               "adapter": oa.to_dict(), "delta": oa.mean - ob.mean, "relative_change": relative(oa.mean, ob.mean),
-               "threshold": cfg.ood_threshold}
-        ood["passed"] = ood["relative_change"] is not None and ood["relative_change"] <= cfg.ood_threshold
+    if ood_losses is not None and adapter_key is not None and cfg.ood is not None:
+        ood = ood_block(cfg.ood, ood_losses[None], ood_losses[adapter_key], cfg.ood_threshold)
 
-    metrics_block: dict[str, Any] = {}
+    metrics_block: dict[str, MetricBlock] = {}
     for name in gen_metrics:
         b = metric_results[None][name]
         a = metric_results[adapter_key][name] if adapter_key else None
-        metrics_block[name] = {
-            "base": b.to_dict(), "adapter": a.to_dict() if a else None,
-            "improvement": improvement(name, a.score if a else None, b.score, b.higher_is_better)}
+        metrics_block[name] = MetricBlock(
+            base=MetricScore.model_validate(b.to_dict()), adapter=MetricScore.model_validate(a.to_dict()) if a else None,
+            improvement=improvement(name, a.score if a else None, b.score, b.higher_is_better))
 
     if cfg.primary_metric == LOSS:
         base_score, adapter_score = losses[None].mean, (losses[adapter_key].mean if adapter_key else None)
@@ -383,67 +431,80 @@ def run_eval(cfg: EvalConfig, *, progress: ProgressFactory | None = None, metric
         if cfg.primary_metric not in gen_metrics:
             raise ConfigError(f"--primary-metric {cfg.primary_metric} is not among the computed metrics",
                               hint="add it with --metric, or leave --metric out to compute them all")
-        b = metric_results[None][cfg.primary_metric]
-        base_score = b.score
+        pb = metric_results[None][cfg.primary_metric]
+        base_score = pb.score
         adapter_score = metric_results[adapter_key][cfg.primary_metric].score if adapter_key else None
-        higher = b.higher_is_better
+        higher = pb.higher_is_better
 
     quant = ("nf4 (4-bit)" if getattr(model, "is_loaded_in_4bit", False)
              or getattr(getattr(model, "get_base_model", lambda: model)(), "is_loaded_in_4bit", False)
              else str(next(model.parameters()).dtype).replace("torch.", ""))
-    results: dict[str, Any] = {
-        # LocoLLM's fields, first and in its order
-        "adapter": info.name if cfg.adapter else None,
-        "base_model": base.name,
-        "quantization": quant,
-        "benchmark": cfg.benchmark,
-        "n_examples": len(examples),
-        "metric": cfg.primary_metric,
-        "adapter_score": adapter_score,
-        "base_model_score": base_score,
-        "improvement": improvement(cfg.primary_metric, adapter_score, base_score, higher),
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        # quantgrid's additions
-        "quantgrid_version": __version__,
-        "base_fingerprint": base.fingerprint,
-        "benchmark_fingerprint": fingerprint(examples)["sha256"],
-        "recipe_hash": recipe.hash(),
-        "settings": {"prompt_template": recipe.prompt_template, "max_length": max_length,
-                     "max_new_tokens": cfg.max_new_tokens if gen_metrics else None, "decoding": "greedy",
-                     "bootstrap": cfg.bootstrap, "seed": cfg.seed,
-                     "metrics_requested": [m for m in cfg.metrics if m != LOSS]},
-        "loss": loss,
-        "metrics": metrics_block,
-        "ood": ood,
-        "verdict": judge(loss, ood, cfg.ood_threshold) if adapter_key else None,
-        "warnings": warnings,
-    }
     if adapter_key and ood_examples is None:
-        results["warnings"].append("no out-of-domain set: forgetting was not checked")
+        warnings.append("no out-of-domain set: forgetting was not checked")
+    results = EvalResults(
+        adapter=info.name if cfg.adapter else None, base_model=base.name, quantization=quant,
+        benchmark=cfg.benchmark, n_examples=len(examples), metric=cfg.primary_metric,
+        adapter_score=_finite(adapter_score), base_model_score=_finite(base_score),
+        improvement=improvement(cfg.primary_metric, adapter_score, base_score, higher),
+        timestamp=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        higher_is_better=higher, quantgrid_version=__version__, base_fingerprint=base.fingerprint,
+        benchmark_fingerprint=fingerprint(examples)["sha256"], recipe_hash=recipe.hash(),
+        settings=RunRecord(prompt_template=recipe.prompt_template, max_length=max_length,
+                           max_new_tokens=cfg.max_new_tokens if gen_metrics else None, decoding="greedy",
+                           bootstrap=cfg.bootstrap, seed=cfg.seed,
+                           metrics_requested=[m for m in cfg.metrics if m != LOSS]),
+        loss=loss, metrics=metrics_block, ood=ood,
+        verdict=judge(loss, ood, cfg.ood_threshold) if adapter_key else None,
+        overlap=overlap, warnings=warnings)
 
     ev = Evaluation(results=results, examples=examples, losses=losses, answers=answers,
                     metric_results=metric_results, training=training_summary(cfg.adapter, info.manifest),
                     adapter_key=adapter_key)
     from quantgrid.eval.report import diagnoses
 
-    results["diagnoses"] = diagnoses(ev)
+    results.diagnoses = diagnoses(ev)
     write_outputs(ev, cfg)
     return ev
 
 
+def _finite(x: float | None) -> float | None:
+    return x if x is None or math.isfinite(x) else None
+
+
+def report_path(results_path: Path) -> Path:
+    """The report written beside a results file: results.json -> REPORT.md, X_results.json -> X_REPORT.md.
+
+    So a base-only run (``--output eval/base_results.json``) and an out-of-domain run
+    (``--output eval/ood_results.json``) never overwrite the adapter run's REPORT.md.
+    """
+    stem = results_path.stem
+    if stem == "results":
+        name = "REPORT.md"
+    elif stem.endswith(("_results", "-results", ".results")):
+        name = stem[: -len("results")] + "REPORT.md"
+    else:
+        name = stem + ".REPORT.md"
+    return results_path.with_name(name)
+
+
 def write_outputs(ev: Evaluation, cfg: EvalConfig) -> list[Path]:
-    """results.json + REPORT.md beside ``cfg.output``; with ``write_into_adapter``, also the
-    adapter's eval/{benchmark.jsonl, results.json, REPORT.md} and its manifest's eval summary."""
+    """results.json to ``cfg.output`` and its report beside it (:func:`report_path`); with
+    ``write_into_adapter``, also the adapter's eval/{benchmark.jsonl, results.json, REPORT.md}
+    and its manifest's eval summary."""
     from quantgrid.eval.report import report_markdown
 
     written: list[Path] = []
-    ev.results = _finite_only(ev.results)
-    text = json.dumps(ev.results, indent=2, allow_nan=False, default=_json_default)
+    text = ev.results.to_json()
     report = report_markdown(ev)
     if cfg.output is not None:
-        written.append(atomic_write_text(cfg.output, text + "\n"))
-        written.append(atomic_write_text(cfg.output.parent / "REPORT.md", report))
+        written.append(atomic_write_text(cfg.output, text))
+        written.append(atomic_write_text(report_path(cfg.output), report))
     if cfg.write_into_adapter and cfg.adapter is not None:
+        eval_dir = (cfg.adapter / "eval").resolve()
+        if cfg.output is not None and cfg.output.resolve().parent == eval_dir and cfg.output.name != "results.json":
+            # A named run (base_results.json, ood_results.json) written into the adapter's eval/
+            # folder is its own file; it must not replace the adapter run's results.json.
+            return written
         written += write_into_adapter(cfg.adapter, ev, text, report)
     return written
 
@@ -453,11 +514,12 @@ def write_into_adapter(adapter: Path, ev: Evaluation, results_text: str, report:
     from quantgrid.data.sets import render_jsonl
 
     eval_dir = adapter / "eval"
-    written = [
-        atomic_write_text(eval_dir / "benchmark.jsonl", render_jsonl(ev.examples)),
-        atomic_write_text(eval_dir / "results.json", results_text + "\n"),
-        atomic_write_text(eval_dir / "REPORT.md", report),
-    ]
+    written = [atomic_write_text(eval_dir / "results.json", results_text),
+               atomic_write_text(eval_dir / "REPORT.md", report)]
+    bench = eval_dir / "benchmark.jsonl"
+    # The contributor's own eval/benchmark.jsonl (LocoLLM's layout) is theirs: never replaced.
+    if not bench.is_file():
+        written.insert(0, atomic_write_text(bench, render_jsonl(ev.examples)))
     if (adapter / MANIFEST).is_file():
         # Rewrite the manifest last, from the previous one, so every hash covers the new files.
         prev = read_manifest(adapter)
@@ -468,34 +530,6 @@ def write_into_adapter(adapter: Path, ev: Evaluation, results_text: str, report:
     return written
 
 
-def eval_summary(results: dict[str, Any]) -> dict[str, Any]:
-    """The manifest's short version of results.json."""
-    loss, ood, verdict = results["loss"], results.get("ood"), results.get("verdict") or {}
-    return {
-        "benchmark": results["benchmark"], "benchmark_fingerprint": results["benchmark_fingerprint"],
-        "n_examples": results["n_examples"], "timestamp": results["timestamp"],
-        "loss_base": loss["base"]["mean_nats_per_token"],
-        "loss_adapter": (loss.get("adapter") or {}).get("mean_nats_per_token"),
-        "loss_delta": loss.get("delta"), "loss_delta_ci": loss.get("delta_ci"),
-        "ood_relative_change": ood.get("relative_change") if ood else None,
-        "metrics": {k: {"base": v["base"]["score"], "adapter": (v.get("adapter") or {}).get("score")}
-                    for k, v in results.get("metrics", {}).items()},
-        "passed": verdict.get("passed"),
-    }
-
-
-def _finite_only(o: Any) -> Any:
-    """nan/inf -> None: results.json stays strict JSON that every parser reads."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {k: _finite_only(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite_only(v) for v in o]
-    return o
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+def eval_summary(results: EvalResults) -> dict[str, Any]:
+    """The manifest's short version of results.json (aggregates only)."""
+    return EvalSummary.of(results).model_dump(mode="json")

@@ -11,6 +11,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from quantgrid.eval.metrics import answer_quality
+from quantgrid.eval.results import EvalResults, TrainingSummary
 
 if TYPE_CHECKING:
     from quantgrid.eval.harness import Evaluation
@@ -24,36 +25,48 @@ COLLAPSE_SHARE = 0.5  # share of answers that duplicate another answer
 
 
 def diagnoses(ev: Evaluation) -> list[str]:
-    """Plain-words findings, most important first. Empty when nothing looks wrong."""
-    r, out = ev.results, []
-    loss, ood, verdict = r["loss"], r.get("ood"), r.get("verdict")
+    """Plain-words findings of one ``quantgrid eval`` run, most important first."""
     key = ev.adapter_key
-    train = ev.training
     eval_loss = ev.losses[key].mean if key is not None else None
-    for w in r.get("warnings", []):
-        if "training" in w:
-            out.append(f"benchmark overlaps the training data: {w}")
-    if key is not None and loss.get("delta") is not None and loss["delta"] >= 0:
+    return diagnose(ev.results, ev.training, eval_loss=eval_loss,
+                    answers=ev.answers.get(key) if key is not None else None)
+
+
+def diagnose(r: EvalResults, train: TrainingSummary, *, eval_loss: float | None = None,
+             answers: list[str] | None = None) -> list[str]:
+    """Plain-words findings over typed results, most important first. Empty when nothing looks wrong.
+
+    ``eval_loss`` is the adapter's benchmark loss (for the overfitting rule) and ``answers``
+    its generated answers (for the answer-quality rules); both are optional.
+    """
+    out: list[str] = []
+    loss, ood, verdict = r.loss, r.ood, r.verdict
+    has_adapter = loss.adapter is not None
+    if r.overlap.leaks:
+        what = ("the benchmark is the training set (same dataset fingerprint)" if r.overlap.same_fingerprint
+                else f"{r.overlap.n_overlapping} of {r.n_examples} items are in the training data")
+        out.append(f"benchmark overlaps the training data: {what}; the scores overstate the adapter")
+    if has_adapter and loss.delta is not None and loss.delta >= 0:
         out.append("the adapter does not lower the loss on the benchmark: it has not learned this domain "
                    "(too little or off-topic data, too few steps, or a learning rate too low)")
-    elif key is not None and verdict and not verdict["in_domain_significant"]:
+    elif has_adapter and verdict and not verdict.in_domain_significant:
         out.append("the loss improvement is within noise (the 95% CI of the delta includes 0): "
                    "use a larger benchmark or train on more data")
-    ftl = train.get("final_train_loss")
+    ftl = train.final_train_loss
     if ftl is not None and eval_loss is not None and math.isfinite(eval_loss) and \
             eval_loss > OVERFIT_RATIO * ftl and eval_loss - ftl > OVERFIT_GAP:
         out.append(f"train loss far below eval loss ({ftl:.3f} vs {eval_loss:.3f} nats/token): overfitting -- "
                    "train fewer epochs, lower the learning rate, or add more varied data")
-    n_train = train.get("n_examples")
+    n_train = train.n_examples
     if n_train is not None and n_train < MIN_TRAIN_EXAMPLES:
         out.append(f"fewer than {MIN_TRAIN_EXAMPLES} examples ({n_train}) in the training data: "
                    "collect more before expecting a reliable gain")
-    if ood and ood.get("relative_change") is not None and ood["relative_change"] > ood["threshold"]:
-        out.append(f"out-of-domain loss rose {ood['relative_change']:.1%} (more than {ood['threshold']:.0%}): "
+    if ood and ood.relative_change is not None and ood.relative_change > ood.threshold:
+        out.append(f"out-of-domain loss rose {ood.relative_change:.1%} (more than {ood.threshold:.0%}): "
                    "the adapter forgets general knowledge -- fewer epochs, a lower learning rate, or mix "
                    "general data into the training set")
-    if key is not None and ev.answers.get(key):
-        q = answer_quality(ev.answers[key])
+    if has_adapter and answers:
+        q = answer_quality(answers)
         bad = q["empty"] + q["repetitive"]
         if bad >= LOW_QUALITY_SHARE:
             out.append(f"answers empty or repeated ({q['empty']:.0%} empty, {q['repetitive']:.0%} repetitive): "
@@ -61,21 +74,21 @@ def diagnoses(ev: Evaluation) -> list[str]:
         if q["duplicated"] >= COLLAPSE_SHARE:
             out.append(f"{q['duplicated']:.0%} of the answers duplicate another answer: the adapter gives the "
                        "same reply to different questions (mode collapse, or training data with little variety)")
-    if r["n_examples"] < MIN_BENCHMARK_ITEMS:
-        out.append(f"the benchmark has fewer than {MIN_BENCHMARK_ITEMS} items ({r['n_examples']}): "
+    if r.n_examples < MIN_BENCHMARK_ITEMS:
+        out.append(f"the benchmark has fewer than {MIN_BENCHMARK_ITEMS} items ({r.n_examples}): "
                    "the scores are noisy")
-    skipped = loss["base"]["n_skipped"]
+    skipped = loss.base.n_skipped
     if skipped:
         out.append(f"{skipped} benchmark item(s) had a prompt that fills max_length, so nothing was scored: "
                    "raise max_seq_length or shorten the contexts")
-    if train.get("non_standard"):
-        out.append(f"non-standard LoRA settings ({', '.join(train['non_standard'])}): the hub will not merge "
+    if train.non_standard:
+        out.append(f"non-standard LoRA settings ({', '.join(train.non_standard)}): the hub will not merge "
                    "this adapter into a release")
-    requested = r.get("settings", {}).get("metrics_requested") or []
-    for name, m in r.get("metrics", {}).items():
-        side = m.get("adapter") or m["base"]
-        if name in requested and side["score"] is None and side.get("note"):
-            out.append(f"{name} is n/a: {side['note']}")
+    requested = r.settings.metrics_requested
+    for name, m in r.metrics.items():
+        side = m.adapter or m.base
+        if name in requested and side.score is None and side.note:
+            out.append(f"{name} is n/a: {side.note}")
     return out
 
 
@@ -112,40 +125,46 @@ def worst_examples(ev: Evaluation, k: int = 5) -> list[dict[str, Any]]:
 
 def report_markdown(ev: Evaluation) -> str:
     r = ev.results
-    loss, ood, verdict = r["loss"], r.get("ood"), r.get("verdict")
-    title = r["adapter"] or f"base model {r['base_model']}"
+    loss, ood, verdict = r.loss, r.ood, r.verdict
+    title = r.adapter or f"base model {r.base_model}"
+    better = "higher" if r.higher_is_better else "lower"
     lines = [f"# Evaluation report: {title}", "",
-             f"Base model `{r['base_model']}` ({r['quantization']}), benchmark `{r['benchmark']}` "
-             f"({r['n_examples']} items), {r['timestamp']}. Written by `quantgrid eval`.", ""]
+             f"Base model `{r.base_model}` ({r.quantization}), benchmark `{r.benchmark}` "
+             f"({r.n_examples} items), {r.timestamp}. Written by `quantgrid eval`.", "",
+             f"Primary metric `{r.metric}` ({better} is better): base {_fmt(r.base_model_score)}, adapter "
+             f"{_fmt(r.adapter_score)}, improvement "
+             f"{f'{r.improvement:+.1%}' if r.improvement is not None else 'n/a'} (positive: the adapter is better).",
+             ""]
     if verdict is not None:
-        lines += [f"## Verdict: {'PASS' if verdict['passed'] else 'FAIL'}", ""]
-        lines += [f"- {reason}" for reason in verdict["reasons"]] + [""]
+        lines += [f"## Verdict: {'PASS' if verdict.passed else 'FAIL'}", ""]
+        lines += [f"- {reason}" for reason in verdict.reasons] + [""]
     lines += ["## Proof of loss", "", "Mean cross-entropy per completion token, in nats (lower is better).", "",
               "| set | base | adapter | delta | 95% CI of delta |", "|---|---:|---:|---:|---|"]
-    ci = loss.get("delta_ci")
-    lines.append(f"| benchmark | {_fmt(loss['base']['mean_nats_per_token'])} | "
-                 f"{_fmt((loss.get('adapter') or {}).get('mean_nats_per_token'))} | {_fmt(loss.get('delta'))} | "
+    ci = loss.delta_ci
+    lines.append(f"| benchmark | {_fmt(loss.base.mean_nats_per_token)} | "
+                 f"{_fmt(r.adapter_loss)} | {_fmt(loss.delta)} | "
                  f"{f'[{ci[0]:.4f}, {ci[1]:.4f}]' if ci else 'n/a'} |")
     if ood:
-        lines.append(f"| out of domain (`{ood['benchmark']}`) | {_fmt(ood['base']['mean_nats_per_token'])} | "
-                     f"{_fmt(ood['adapter']['mean_nats_per_token'])} | {_fmt(ood['delta'])} | "
-                     f"change {_fmt(ood['relative_change'] * 100 if ood['relative_change'] is not None else None, 1)}% |")
+        change = ood.relative_change
+        lines.append(f"| out of domain (`{ood.benchmark}`) | {_fmt(ood.base.mean_nats_per_token)} | "
+                     f"{_fmt(ood.adapter.mean_nats_per_token)} | {_fmt(ood.delta)} | "
+                     f"change {_fmt(change * 100 if change is not None else None, 1)}% |")
     lines.append("")
-    if r.get("metrics"):
+    if r.metrics:
         lines += ["## Generation metrics", "", "Greedy decoding; BLEU is on sacrebleu's 0-100 scale, the others are "
                   "fractions. n/a: the metric does not apply to this benchmark.", "",
                   "| metric | base | adapter | improvement | items scored |", "|---|---:|---:|---:|---:|"]
-        for name, m in r["metrics"].items():
-            a = m.get("adapter") or {}
-            imp = m.get("improvement")
-            lines.append(f"| {name} | {_fmt(m['base']['score'])} | {_fmt(a.get('score'))} | "
-                         f"{f'{imp:+.1%}' if imp is not None else 'n/a'} | {(a or m['base'])['n_scored']} |")
+        for name, m in r.metrics.items():
+            a = m.adapter
+            imp = m.improvement
+            lines.append(f"| {name} | {_fmt(m.base.score)} | {_fmt(a.score if a else None)} | "
+                         f"{f'{imp:+.1%}' if imp is not None else 'n/a'} | {(a or m.base).n_scored} |")
         lines.append("")
     lines += ["## Diagnoses", ""]
-    lines += [f"- {d}" for d in r.get("diagnoses", [])] or ["- nothing looks wrong"]
+    lines += [f"- {d}" for d in r.diagnoses] or ["- nothing looks wrong"]
     lines.append("")
-    if r.get("warnings"):
-        lines += ["## Warnings", ""] + [f"- {w}" for w in r["warnings"]] + [""]
+    if r.warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in r.warnings] + [""]
     worst = worst_examples(ev)
     if worst:
         who = "adapter" if ev.adapter_key else "base"

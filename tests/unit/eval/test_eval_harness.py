@@ -57,6 +57,8 @@ def test_trained_adapter_beats_base_on_finance_dev_with_verdict(tiny_base, adapt
     assert len((adapter_copy / "eval" / "benchmark.jsonl").read_text().splitlines()) == 40
     m = read_manifest(adapter_copy)
     assert m.eval["passed"] == v["passed"] and m.eval["loss_adapter"] == pytest.approx(r["adapter_score"])
+    assert r["higher_is_better"] is False and r["results_version"] == 1
+    assert ev.results.improvement == pytest.approx(r["improvement"]) and ev.results.adapter_better
     assert m.files == hashed_files(adapter_copy)  # hashes cover the new eval files
     assert m.author == "tester" and m.dataset.fingerprint["n_examples"] == 200  # kept from before
 
@@ -109,9 +111,10 @@ def test_overlap_warning_reaches_the_user_and_the_report(tiny_base, trained_adap
                              ood=None, train_data=str(train_file), output=tmp_path / "r.json"),
                   on_warning=warned.append)
     assert warned and warned[0].startswith("3 of 6 benchmark items")
-    assert ev.results["warnings"][0] == warned[0]
-    assert any("overlaps the training data" in d for d in ev.results["diagnoses"])
-    assert warned[0] in (tmp_path / "REPORT.md").read_text()
+    assert ev.results.warnings[0] == warned[0]
+    assert ev.results.overlap.n_overlapping == 3 and ev.results.overlap.checked_per_item
+    assert any("overlaps the training data" in d for d in ev.results.diagnoses)
+    assert warned[0] in (tmp_path / "r.REPORT.md").read_text()
 
 
 def test_adapter_for_another_base_names_both(tiny_base, adapter_copy, tmp_path):
@@ -130,11 +133,11 @@ def test_metric_that_does_not_fit_is_na_not_a_crash(tiny_base, trained_adapter, 
     bench = write_jsonl(tmp_path / "noctx.jsonl", [Example("What is 2+2?", "4"), Example("Capital of France?", "Paris")])
     ev = run_eval(EvalConfig(benchmark=str(bench), adapter=trained_adapter, base_model=tiny_base, ood=None,
                              metrics=["factuality", "code_compile_rate"], max_new_tokens=4, output=tmp_path / "r.json"))
-    f = ev.results["metrics"]["factuality"]
-    assert f["base"]["score"] is None and f["adapter"]["score"] is None and f["improvement"] is None
-    assert "no benchmark item has a context" in f["adapter"]["note"]
-    assert any(d.startswith("factuality is n/a") for d in ev.results["diagnoses"])
-    assert "| factuality | n/a | n/a | n/a | 0 |" in (tmp_path / "REPORT.md").read_text()
+    f = ev.results.metrics["factuality"]
+    assert f.base.score is None and f.adapter.score is None and f.improvement is None
+    assert "no benchmark item has a context" in f.adapter.note
+    assert any(d.startswith("factuality is n/a") for d in ev.results.diagnoses)
+    assert "| factuality | n/a | n/a | n/a | 0 |" in (tmp_path / "r.REPORT.md").read_text()
 
 
 def test_cli_eval_prints_table_and_errors_cleanly(tiny_base, trained_adapter, tmp_path):
@@ -163,3 +166,25 @@ def test_cli_eval_prints_table_and_errors_cleanly(tiny_base, trained_adapter, tm
     assert res.exit_code == 0 and "exact_match" in res.output and "pattern_compliance" in res.output
     res = runner.invoke(app, ["eval", "--benchmark", str(bench), "--limit", "0"])
     assert res.exit_code == 2 and "--limit" in res.output
+
+
+def test_each_run_writes_its_own_report_beside_its_output(tiny_base, trained_adapter, tmp_path):
+    """LocoLLM's three runs into one eval/ folder: adapter, base alone, out of domain. None overwrites another."""
+    from quantgrid.eval.harness import report_path
+
+    assert report_path(tmp_path / "results.json").name == "REPORT.md"
+    assert report_path(tmp_path / "base_results.json").name == "base_REPORT.md"
+    assert report_path(tmp_path / "ood-results.json").name == "ood-REPORT.md"
+    assert report_path(tmp_path / "run1.json").name == "run1.REPORT.md"
+    bench = write_jsonl(tmp_path / "b.jsonl", finance.generate(6, seed=5))
+    ood = write_jsonl(tmp_path / "o.jsonl", finance.generate(4, seed=6))
+    ev_dir = tmp_path / "eval"
+    common = dict(base_model=tiny_base, metrics=["loss"], ood=None, bootstrap=100)
+    run_eval(EvalConfig(benchmark=str(bench), adapter=trained_adapter, output=ev_dir / "results.json", **common))
+    run_eval(EvalConfig(benchmark=str(bench), output=ev_dir / "base_results.json", **common))
+    run_eval(EvalConfig(benchmark=str(ood), adapter=trained_adapter, output=ev_dir / "ood_results.json", **common))
+    assert sorted(p.name for p in ev_dir.iterdir()) == ["REPORT.md", "base_REPORT.md", "base_results.json",
+                                                         "ood_REPORT.md", "ood_results.json", "results.json"]
+    assert "Evaluation report: base model" in (ev_dir / "base_REPORT.md").read_text()
+    assert "o.jsonl" in (ev_dir / "ood_REPORT.md").read_text() and "b.jsonl" in (ev_dir / "REPORT.md").read_text()
+    assert json.loads((ev_dir / "results.json").read_text())["adapter"] is not None
