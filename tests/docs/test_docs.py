@@ -32,13 +32,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
-GUIDES = ("contributor-guide.md", "hub-operator-guide.md", "serving-guide.md", "export-guide.md", "architecture.md")
+GUIDES = ("contributor-guide.md", "hub-operator-guide.md", "serving-guide.md", "export-guide.md", "architecture.md",
+          "alpha-language.md")
 ALL_MARKDOWN = sorted([ROOT / "README.md", *DOCS.glob("*.md")])
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
 BLOCK_TIMEOUT_S = 420
 # Submission order for the two-at-a-time run: longest first keeps the two lanes balanced.
 SLOWEST_FIRST = ("hub-operator-guide.md", "export-guide.md", "contributor-guide.md", "serving-guide.md",
-                 "architecture.md")
+                 "architecture.md", "alpha-language.md")
 # What each quickstart says it produces (globs relative to its directory): a run that exits 0
 # without these did not do what the guide claims.
 PRODUCES = {
@@ -50,6 +51,7 @@ PRODUCES = {
     "export-guide.md": ["gguf/base-f16.gguf", "gguf/adapter.gguf", "ollama/Modelfile",
                         "ollama/base.gguf", "ollama/adapter.gguf", "merged/config.json", "merged/model.safetensors"],
     "architecture.md": [],
+    "alpha-language.md": ["prices.csv"],
 }
 
 # ---------------------------------------------------------------- markdown parsing

@@ -150,7 +150,8 @@ def ops() -> None:
     for name, op in sorted(OPS.items()):
         table.add_row(op.usage, op.doc, ", ".join(sorted(a for a, t in ALIASES.items() if t == name)))
     console.print(table)
-    console.print("fields: open high low close volume vwap returns cap advN (N-day average volume, e.g. adv20); "
+    console.print("fields: open high low close volume vwap returns cap advN (N-day average dollar volume, volume x vwap, "
+                  "e.g. adv20; for share volume write ts_mean(volume, N)); "
                   "groups: IndClass.sector / IndClass.industry / IndClass.subindustry", highlight=False)
 
 

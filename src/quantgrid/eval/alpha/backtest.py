@@ -32,6 +32,9 @@ from .panel import Panel
 
 TRADING_DAYS = 252
 MIN_DAYS = 20  # fewer tradable days than this is not a backtest
+# A generated alpha is a usable signal ("backtest success") only if its cross-section is
+# finite and not constant on more than this share of the dates after its lookback.
+MIN_COVERAGE = 0.5
 METHODS = ("rank", "quantile")
 
 
@@ -160,8 +163,10 @@ def score_alphas(expressions: list[str], panel: Panel, method: str = "rank") -> 
     """Score generated alphas: compile rate, backtest success, mean Sharpe/turnover/IC and per-item results.
 
     ``compile_rate`` is the share that parse and check; ``backtest_success`` the share
-    that also evaluate on ``panel`` without error and give a non-degenerate signal.
-    The means are over the successful items (None when there are none).
+    that also evaluate on ``panel`` without error and give a usable signal: one that ranks
+    assets (two or more distinct finite values) on more than ``MIN_COVERAGE`` of the dates
+    after its lookback that have a next-day return (each item's ``coverage``). The means
+    are over the successful items (None when there are none).
     """
     if not expressions:
         raise EvalError("no alpha expressions to score", hint="give at least one generated answer")
@@ -182,6 +187,12 @@ def score_alphas(expressions: list[str], panel: Panel, method: str = "rank") -> 
             item["canonical"] = alpha.canonical
             check_panel(alpha, panel, min_dates=MIN_DAYS + 1)  # + 1: the last date has no next-day return
             result = backtest(alpha.evaluate(panel), fwd, method)
+            usable_dates = T - alpha.lookback - 1  # the last date has no next-day return
+            item["coverage"] = round(result.days / usable_dates, 4)
+            if item["coverage"] <= MIN_COVERAGE:
+                raise EvalError(f"degenerate signal: it ranks assets on {item['coverage']:.0%} of the {usable_dates} "
+                                f"dates after its {alpha.lookback}-day lookback (a usable signal needs more than "
+                                f"{MIN_COVERAGE:.0%})")
             # NaN (an IC with no valid day) becomes null: results.json stays strict JSON
             item.update(backtested=True, **{k: (v if math.isfinite(v) else None) for k, v in result.to_dict().items()})
         except EvalError as exc:

@@ -25,6 +25,17 @@ MAX_WINDOW = 10_000  # trading days (40 years): beyond it a window is a typo, an
 BASE_FIELDS = ("open", "high", "low", "close", "volume", "vwap", "returns", "cap")
 
 
+# adv{d} is the paper's "average daily dollar volume for the past d days": shares traded
+# times the day's price, the vwap (which the panel derives from high/low/close when the file
+# has none). The paper's own formulas then compare it with share volume as printed
+# ("adv20 < volume", Alphas #7 and #21); those comparisons are evaluated as printed.
+ADV_COLUMNS = ("volume", "vwap")
+
+
+def dollar_volume(fields: dict[str, np.ndarray]) -> np.ndarray:
+    return fields["volume"] * fields["vwap"]
+
+
 def _group_name(name: str) -> str | None:
     """``IndClass.industry`` / ``industry`` -> ``industry``; None for a non-group name."""
     low = name.lower()
@@ -159,7 +170,7 @@ def _lookback(node: Node) -> int:
         return 0
     if isinstance(node, Name):
         m = _ADV.match(node.name)
-        # adv_d averages d days of volume; returns need yesterday's close
+        # adv_d averages d days of dollar volume; returns need yesterday's close
         return int(m.group(1)) - 1 if m else (1 if node.name == "returns" else 0)
     if isinstance(node, Unary):
         return _lookback(node.operand)
@@ -181,10 +192,10 @@ def check_panel(alpha: Alpha, panel: Panel, min_dates: int = 1) -> None:
     """Raise a clear error if the panel lacks a column the alpha reads or is too short for its windows."""
     have = set(panel.fields)
     for f in sorted(alpha.fields):
-        need = ("volume",) if _ADV.match(f) else ("close",) if f == "returns" else (f,)
+        need = ADV_COLUMNS if _ADV.match(f) else ("close",) if f == "returns" else (f,)
         missing = [c for c in need if c not in have]
         if missing:
-            raise EvalError(f"the alpha uses {f!r} but the price panel ({panel.source}) has no {', '.join(missing)} column",
+            raise EvalError(f"the alpha uses {f!r} but the price panel ({panel.source}) has no {' or '.join(missing)} column",
                             hint=f"add a {missing[0]!r} column to the price file, or write the alpha without {f!r}")
     for g in sorted(alpha.groups):
         if g not in panel.groups:
@@ -240,11 +251,7 @@ class _Evaluator:
             return ops.delta(f["close"], 1) / ops.delay(f["close"], 1)
         m = _ADV.match(name)
         if m:
-            # The paper defines adv{d} as average daily *dollar* volume, yet its own formulas
-            # compare it with volume ("volume / adv20", "adv20 < volume": Alphas #7, #21),
-            # which only means something in shares. Like the open-source replications, we
-            # average share volume so that those comparisons work.
-            return ops.ts_mean(f["volume"], int(m.group(1)))
+            return ops.ts_mean(dollar_volume(f), int(m.group(1)))
         return f[name]
 
     def _compute(self, node: Node):

@@ -12,9 +12,17 @@ asset. Conventions, taken from Kakushadze's "101 Formulaic Alphas" (2016), appen
   last ``d`` values, divided by ``d``).
 - ``ts_argmax``/``ts_argmin`` give the position of the extreme inside the window,
   1 = oldest day ... ``d`` = today (first occurrence on ties), as in the common
-  pandas implementations of the paper.
+  pandas implementations of the paper (``rolling(d).apply(np.argmax) + 1``). The paper
+  leaves this open; ``days_since_max``/``days_since_min`` give the other reading,
+  0 = today ... ``d - 1`` = the oldest day (WorldQuant BRAIN's ``ts_arg_max``).
 - ``stddev``/``covariance``/``correlation`` use the sample (ddof=1) estimators,
-  matching ``pandas.rolling``. A correlation over a constant window is NaN.
+  matching ``pandas.rolling``. A correlation over a window where either input is
+  constant is 0 (there is no co-movement to measure), as in most implementations; a
+  NaN there would make every later window that contains the day NaN too, and a
+  smooth input such as ``ts_rank(adv60, 4)`` is constant for days at a time.
+- Element-wise ``min(x, y)``/``max(x, y)`` are NaN when either side is NaN (the
+  paper's reading: an undefined input gives an undefined output), so no value
+  appears before the history an expression declares.
 - ``decay_linear`` weights today ``d``, yesterday ``d - 1``, ... the oldest 1,
   rescaled to sum to 1.
 
@@ -112,8 +120,10 @@ def correlation(x: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
     if d < 2:
         return np.full_like(x, np.nan)
     r = _np(_roll(x, d).corr(pd.DataFrame(y)))
-    # a constant window has no correlation (pandas may give inf or rounding noise there)
-    return np.where(_flat(x, d) | _flat(y, d), np.nan, np.clip(r, -1.0, 1.0))
+    # a constant window has no co-movement (pandas gives NaN, inf or rounding noise there);
+    # a window holding a NaN input stays NaN
+    flat = (_flat(x, d) | _flat(y, d)) & ~np.isnan(ts_sum(x + y, d))
+    return np.where(flat, 0.0, np.clip(r, -1.0, 1.0))
 
 
 def ts_skewness(x: np.ndarray, d: int) -> np.ndarray:
@@ -151,6 +161,14 @@ def ts_argmax(x: np.ndarray, d: int) -> np.ndarray:
 
 def ts_argmin(x: np.ndarray, d: int) -> np.ndarray:
     return _argext(x, d, np.less)
+
+
+def days_since_max(x: np.ndarray, d: int) -> np.ndarray:
+    return d - ts_argmax(x, d)
+
+
+def days_since_min(x: np.ndarray, d: int) -> np.ndarray:
+    return d - ts_argmin(x, d)
 
 
 def decay_linear(x: np.ndarray, d: int) -> np.ndarray:
@@ -282,13 +300,16 @@ OPS: dict[str, Op] = {
         Op("ts_max", ts_max, ("x", "d"), "time-series maximum over the past d days"),
         Op("ts_argmin", ts_argmin, ("x", "d"), "day of the minimum in the window (1 = oldest, d = today)"),
         Op("ts_argmax", ts_argmax, ("x", "d"), "day of the maximum in the window (1 = oldest, d = today)"),
+        Op("days_since_min", days_since_min, ("x", "d"), "days since the window's minimum (0 = today)"),
+        Op("days_since_max", days_since_max, ("x", "d"), "days since the window's maximum (0 = today)"),
         Op("ts_rank", ts_rank, ("x", "d"), "today's percentile rank within the past d days"),
         Op("decay_linear", decay_linear, ("x", "d"), "linearly weighted moving average (today weighs d)"),
         Op("indneutralize", indneutralize, ("x", "g"), "demean x within each industry group, per date"),
         # min/max take a window when the second argument is a number (as in the paper),
-        # otherwise they are element-wise; the compiler rewrites the windowed form to ts_min/ts_max.
-        Op("min", np.fmin, ("x", "x"), "element-wise minimum, or ts_min(x, d) when d is a number"),
-        Op("max", np.fmax, ("x", "x"), "element-wise maximum, or ts_max(x, d) when d is a number"),
+        # otherwise they are element-wise (NaN if either side is NaN); the compiler rewrites
+        # the windowed form to ts_min/ts_max.
+        Op("min", np.minimum, ("x", "x"), "element-wise minimum, or ts_min(x, d) when d is a number"),
+        Op("max", np.maximum, ("x", "x"), "element-wise maximum, or ts_max(x, d) when d is a number"),
     ]
 }
 
@@ -300,5 +321,6 @@ ALIASES: dict[str, str] = {
     "ts_sum": "sum", "ts_product": "product", "ts_delay": "delay", "ts_delta": "delta",
     "mean": "ts_mean", "sma": "ts_mean", "ts_decay_linear": "decay_linear", "decaylinear": "decay_linear",
     "signed_power": "signedpower", "ind_neutralize": "indneutralize", "neutralize": "indneutralize",
+    "ts_arg_max": "days_since_max", "ts_arg_min": "days_since_min",  # WorldQuant BRAIN's spelling and reading
     "tsrank": "ts_rank", "tsmin": "ts_min", "tsmax": "ts_max", "tsargmax": "ts_argmax", "tsargmin": "ts_argmin",
 }  # fmt: skip

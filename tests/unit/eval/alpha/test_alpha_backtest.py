@@ -178,3 +178,22 @@ def test_score_alphas_with_nothing_that_runs(panel):
 )
 def test_extract_expression(answer, expr):
     assert extract_expression(answer) == expr
+
+
+def test_coverage_threshold_counts_dates_after_the_lookback(panel):
+    # delta(close, 5) needs 5 past dates; an item that trades on every date after them has coverage 1
+    rep = score_alphas(["rank(delta(close, 5))"], panel)
+    assert rep["items"][0]["coverage"] == 1.0 and rep["items"][0]["days"] == panel.shape[0] - 5 - 1
+    # a signal that is constant across assets on the first 80% of the dates: 20% coverage -> no success
+    T = panel.shape[0]
+    cut = int(0.8 * T)
+    flags = np.zeros(panel.shape)
+    flags[cut:] = 1.0
+    p = Panel(panel.dates, panel.tickers, {**panel.fields, "cap": flags}, panel.groups)
+    rep = score_alphas(["cap * rank(close)"], p)
+    item = rep["items"][0]
+    assert not item["backtested"] and rep["backtest_success"] == 0.0
+    from quantgrid.eval.alpha.backtest import MIN_COVERAGE
+
+    assert MIN_COVERAGE == 0.5 and "degenerate" in item["error"] and "more than 50%" in item["error"]
+    assert item["coverage"] == pytest.approx((T - cut - 1) / (T - 1), abs=1e-3)

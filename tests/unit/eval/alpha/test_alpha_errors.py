@@ -77,7 +77,8 @@ def _panel(fields: dict, T: int = 30) -> Panel:
 def test_missing_price_column_is_named():
     p = _panel(["close"])
     e = err("rank(volume / adv20)", p)
-    assert "'adv20'" in e.message and "no volume column" in e.message
+    # adv20 is dollar volume: it needs the volume and the vwap (derived from high/low/close)
+    assert "'adv20'" in e.message and "no volume or vwap column" in e.message
     assert "add a 'volume' column" in e.hint
     e = err("rank(open)", p)
     assert "no open column" in e.message

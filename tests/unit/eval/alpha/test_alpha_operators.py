@@ -79,6 +79,20 @@ def test_elementwise_min_max_of_two_series():
     same(ev("max(close, open)"), [[1, 5], [2, 4], [4, 4], [3, 4], [5, 4]])
 
 
+def test_elementwise_min_max_propagate_nan():
+    # delay(close, 1) is undefined on the first date: so is the min/max with it (no value before its history)
+    same(ev("min(close, delay(close, 1))"), [[nan, nan], [1, 3], [2, 3], [3, 1], [3, 1]])
+    same(ev("max(close, delay(close, 1))"), [[nan, nan], [2, 5], [4, 3], [4, 3], [5, 2]])
+    assert compile_alpha("max(close, delay(close, 1))").lookback == 1
+
+
+def test_days_since_max_min_count_back_from_today():
+    # the other reading of the paper's ts_argmax: 0 = today ... d - 1 = the oldest day
+    same(ev("days_since_max(close, 3)"), [[nan, nan], [nan, nan], [0, 2], [1, 2], [0, 2]])
+    same(ev("days_since_min(close, 3)"), [[nan, nan], [nan, nan], [2, 1], [2, 0], [1, 1]])
+    same(ev("ts_arg_max(close, 3)"), ev("days_since_max(close, 3)"))  # WorldQuant BRAIN's spelling
+
+
 def test_ts_argmax_argmin_count_from_the_oldest_day():
     # windows of asset 0: [1,2,4] [2,4,3] [4,3,5]; asset 1: [5,3,3] [3,3,1] [3,1,2]
     same(ev("ts_argmax(close, 3)"), [[nan, nan], [nan, nan], [3, 1], [2, 1], [3, 1]])
@@ -124,10 +138,19 @@ def test_covariance_and_correlation():
     assert np.isnan(corr[:2]).all()
 
 
-def test_correlation_over_a_constant_window_is_nan_not_huge():
+def test_correlation_over_a_constant_window_is_zero_not_nan():
     corr = ev("correlation(close, open, 3)")
-    assert np.isnan(corr[2:, 1]).all()  # asset 1's open is constant
-    assert np.isfinite(corr[2:, 0]).all()
+    same(corr[2:, 1], [0, 0, 0])  # asset 1's open is constant: no co-movement, and no NaN to spread
+    # asset 0: close [1,2,4] vs open [1,1,3] -> r = 0.9449; [2,4,3] vs [1,3,2] -> 1; [4,3,5] vs [3,2,4] -> 1
+    np.testing.assert_allclose(corr[2:, 0], [5 / math.sqrt(28), 1, 1], rtol=1e-9)
+    # the constant stretch no longer wipes out every later window built on it
+    assert np.isfinite(ev("sum(correlation(close, open, 3), 2)")[3:]).all()
+
+
+def test_correlation_with_a_nan_in_the_window_stays_nan():
+    p = panel([[1, 1], [2, 2], [3, 3], [4, 4]], open=[[7, 7], [7, nan], [7, 7], [7, 7]])
+    # asset 0: open constant -> 0; asset 1: a missing open in the window -> NaN, not 0
+    same(ev("correlation(close, open, 3)", p), [[nan, nan], [nan, nan], [0, nan], [0, nan]])
 
 
 def test_decay_linear_weighs_today_most():
@@ -135,10 +158,24 @@ def test_decay_linear_weighs_today_most():
     same(ev("decay_linear(close, 3)"), [[nan, nan], [nan, nan], [17 / 6, 20 / 6], [19 / 6, 12 / 6], [25 / 6, 11 / 6]])
 
 
-def test_adv_is_average_volume():
-    # volume: asset 0 [10, 20, 40, 30, 50], asset 1 [1, 2, 3, 4, 5]
-    same(ev("adv2"), [[nan, nan], [15, 1.5], [30, 2.5], [35, 3.5], [40, 4.5]])
-    same(ev("volume / adv2 > 1"), [[nan, nan], [1, 1], [1, 1], [0, 1], [1, 1]])
+def test_adv_is_average_dollar_volume():
+    # the paper: adv{d} = average daily dollar volume = mean of volume x vwap over d days
+    p = panel(CLOSE, volume=VOLUME, vwap=[[1, 2], [2, 2], [3, 1], [1, 1], [2, 4]])
+    # dollar volume: asset 0 [10, 40, 120, 30, 100], asset 1 [2, 4, 3, 4, 20]
+    same(ev("adv2", p), [[nan, nan], [25, 3], [80, 3.5], [75, 3.5], [65, 12]])
+    same(ev("ts_mean(volume, 2)", p), [[nan, nan], [15, 1.5], [30, 2.5], [35, 3.5], [40, 4.5]])  # share volume
+
+
+def test_adv_uses_the_derived_vwap_when_the_file_has_none():
+    import pandas as pd
+
+    from quantgrid.eval.alpha.panel import panel_from_frame
+
+    rows = [{"date": f"2024-01-0{t + 1}", "ticker": "A", "open": 1.0, "high": 3.0 + t, "low": 1.0, "close": 2.0,
+             "volume": 10.0} for t in range(3)]
+    p = panel_from_frame(pd.DataFrame(rows))
+    # typical price (high + low + close) / 3 = 2, 7/3, 8/3; x 10 shares; mean of the last two
+    same(ev("adv2", p), [[nan], [(20 + 70 / 3) / 2], [(70 / 3 + 80 / 3) / 2]])
 
 
 def test_a_nan_inside_a_window_gives_nan():

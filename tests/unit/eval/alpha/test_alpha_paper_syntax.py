@@ -18,7 +18,6 @@ PAPER_STYLE = [
     "(-1 * correlation(rank(delta(log(volume), 2)), rank(((close - open) / open)), 6))",
     "(-1 * Ts_Rank(rank(low), 9))",
     "(rank((open - (sum(vwap, 10) / 10))) * (-1 * abs(rank((close - vwap)))))",
-    "((adv20 < volume) ? ((-1 * ts_rank(abs(delta(close, 7)), 60)) * sign(delta(close, 7))) : (-1 * 1))",
     "(-1 * rank(((sum(open, 5) * sum(returns, 5)) - delay((sum(open, 5) * sum(returns, 5)), 10))))",
     "((0 < ts_min(delta(close, 1), 5)) ? delta(close, 1) : ((ts_max(delta(close, 1), 5) < 0) ? delta(close, 1) "
     ": (-1 * delta(close, 1))))",
@@ -49,6 +48,22 @@ PAPER_STYLE = [
     "(Ts_Rank(volume, 32) * ((1 - Ts_Rank(((close + high) - low), 16)) * (1 - Ts_Rank(returns, 32))))",
 ]
 
+# Alphas whose cross-section used to vanish on most days: a correlation over a window where one
+# input is constant (the rank of a ticker that keeps its place, the ts_rank of a smooth adv60)
+# was NaN and spread into every later window.
+CONSTANT_WINDOW_ALPHAS = {
+    15: "(-1 * sum(rank(correlation(rank(high), rank(volume), 3)), 3))",
+    50: "(-1 * ts_max(rank(correlation(rank(volume), rank(vwap), 5)), 5))",
+    68: "((Ts_Rank(correlation(rank(high), rank(adv15), 8.91644), 13.9333) < rank(delta(((close * 0.518371) + "
+        "(low * (1 - 0.518371))), 1.06157))) * -1)",
+    96: "(max(Ts_Rank(decay_linear(correlation(rank(vwap), rank(volume), 3.83878), 4.16783), 8.38151), "
+        "Ts_Rank(decay_linear(Ts_ArgMax(correlation(Ts_Rank(close, 7.45404), Ts_Rank(adv60, 4.13242), 3.65459), "
+        "12.6556), 14.0365), 13.4143)) * -1)",
+    97: "((rank(decay_linear(delta(IndNeutralize(((low * 0.721001) + (vwap * (1 - 0.721001))), IndClass.industry), "
+        "3.3705), 20.4523)) - Ts_Rank(decay_linear(Ts_Rank(correlation(Ts_Rank(low, 7.87871), Ts_Rank(adv60, 17.255), "
+        "4.97547), 18.5925), 15.7152), 6.71659)) * -1)",
+}
+
 
 @pytest.mark.parametrize("expr", PAPER_STYLE, ids=[f"paper-{i}" for i in range(len(PAPER_STYLE))])
 def test_paper_style_alpha_compiles(expr):
@@ -59,3 +74,18 @@ def test_paper_style_alpha_compiles(expr):
 def test_paper_style_alphas_backtest_on_the_synthetic_panel():
     rep = score_alphas(PAPER_STYLE, default_panel())
     assert [(it["expression"], it["error"]) for it in rep["items"] if not it["backtested"]] == []
+
+
+def test_constant_window_alphas_rank_assets_on_nearly_every_day():
+    rep = score_alphas(list(CONSTANT_WINDOW_ALPHAS.values()), default_panel())
+    coverage = {n: it["coverage"] for n, it in zip(CONSTANT_WINDOW_ALPHAS, rep["items"], strict=True)}
+    assert min(coverage.values()) > 0.95, coverage
+    assert rep["backtest_success"] == 1.0
+
+
+def test_alpha_7_as_printed_is_degenerate_with_dollar_adv():
+    # adv20 is dollar volume (the paper's definition), so "adv20 < volume" (shares) is never true
+    # on this panel: the alpha is -1 for every asset, every day, and is no usable signal.
+    rep = score_alphas(["((adv20 < volume) ? ((-1 * ts_rank(abs(delta(close, 7)), 60)) * sign(delta(close, 7))) "
+                        ": (-1 * 1))"], default_panel())
+    assert rep["backtest_success"] == 0.0 and "degenerate" in rep["items"][0]["error"]
