@@ -89,17 +89,20 @@ def evaluate(
         ev = run_eval(cfg, progress=factory, metric_options={"prices": prices} if prices else None,
                       on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False))
     _print_results(ev.results)
-    where = [str(output), str(output.parent / "REPORT.md")]
+    from quantgrid.eval.harness import report_path
+
+    where = [str(output), str(report_path(output))]
     if write_into_adapter and adapter is not None:
         where.append(str(adapter / "eval"))
     console.print(f"Results written to {', '.join(where)}", highlight=False)
 
 
-def _print_results(r: dict) -> None:
+def _print_results(r) -> None:
+    """The run's table, verdict and diagnoses, from its EvalResults."""
     from rich.table import Table
 
-    has_adapter = r["adapter"] is not None
-    table = Table(title=f"{r['adapter'] or 'base'} on {r['benchmark']} ({r['n_examples']} items)")
+    has_adapter = r.adapter is not None
+    table = Table(title=f"{r.adapter or 'base'} on {r.benchmark} ({r.n_examples} items)")
     table.add_column("metric")
     table.add_column("base", justify="right")
     if has_adapter:
@@ -109,42 +112,41 @@ def _print_results(r: dict) -> None:
     def fmt(x) -> str:
         return "n/a" if x is None else f"{x:.4f}"
 
-    loss = r["loss"]
-    row = ["loss (nats/token, lower is better)", fmt(loss["base"]["mean_nats_per_token"])]
+    loss = r.loss
+    row = ["loss (nats/token, lower is better)", fmt(r.base_loss)]
     if has_adapter:
-        ci = loss.get("delta_ci")
-        row += [fmt((loss.get("adapter") or {}).get("mean_nats_per_token")),
-                f"{loss['delta']:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
-                if loss.get("delta") is not None else "n/a"]
+        ci = loss.delta_ci
+        row += [fmt(r.adapter_loss), f"{loss.delta:+.4f}" + (f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "")
+                if loss.delta is not None else "n/a"]
     table.add_row(*row)
-    if r.get("ood"):
-        o = r["ood"]
-        row = ["out-of-domain loss", fmt(o["base"]["mean_nats_per_token"])]
+    if r.ood:
+        o = r.ood
+        row = ["out-of-domain loss", fmt(o.base.mean_nats_per_token)]
         if has_adapter:
-            change = o.get("relative_change")
-            row += [fmt(o["adapter"]["mean_nats_per_token"]), f"{change:+.1%}" if change is not None else "n/a"]
+            change = o.relative_change
+            row += [fmt(o.adapter.mean_nats_per_token), f"{change:+.1%}" if change is not None else "n/a"]
         table.add_row(*row)
-    requested = r.get("settings", {}).get("metrics_requested") or []
+    requested = r.settings.metrics_requested
     not_applicable = []
-    for name, m in r.get("metrics", {}).items():
-        if name not in requested and m["base"]["score"] is None and (m.get("adapter") or {}).get("score") is None:
+    for name, m in r.metrics.items():
+        if name not in requested and m.base.score is None and (m.adapter is None or m.adapter.score is None):
             not_applicable.append(name)  # asked for by default, not by name: one line below the table
             continue
-        row = [name, fmt(m["base"]["score"])]
+        row = [name, fmt(m.base.score)]
         if has_adapter:
-            imp = m.get("improvement")
-            row += [fmt((m.get("adapter") or {}).get("score")), f"{imp:+.1%}" if imp is not None else "n/a"]
+            imp = m.improvement
+            row += [fmt(m.adapter.score if m.adapter else None), f"{imp:+.1%}" if imp is not None else "n/a"]
         table.add_row(*row)
     console.print(table)
     if not_applicable:
         console.print(f"[dim]n/a on this benchmark: {', '.join(not_applicable)}[/]", highlight=False)
-    v = r.get("verdict")
+    v = r.verdict
     if v is not None:
-        color = "green" if v["passed"] else "red"
-        console.print(f"[bold {color}]verdict: {'PASS' if v['passed'] else 'FAIL'}[/]")
-        for reason in v["reasons"]:
+        color = "green" if v.passed else "red"
+        console.print(f"[bold {color}]verdict: {'PASS' if v.passed else 'FAIL'}[/]")
+        for reason in v.reasons:
             console.print(f"  - {reason}", highlight=False)
-    for d in r.get("diagnoses", []):
+    for d in r.diagnoses:
         console.print(f"[yellow]diagnosis:[/] {d}", highlight=False)
 
 

@@ -317,28 +317,17 @@ def _diagnoses(sub: CheckedSubmission, hidden: HiddenSets, bench, ood, loss: dic
 
 
 def _harness_diagnoses(sub, hidden, bench, ood, loss, ood_numbers, cfg) -> list[str]:
-    from quantgrid.eval.harness import Evaluation, judge
-    from quantgrid.eval.report import diagnoses
+    from quantgrid.eval.harness import loss_results
+    from quantgrid.eval.report import diagnose
+    from quantgrid.eval.results import TrainingSummary
 
-    base_l, cand_l = bench[None], bench["candidate"]
-    rel = (cand_l.mean - base_l.mean) / base_l.mean if base_l.mean else None
-    loss_block = {"base": base_l.to_dict(), "adapter": cand_l.to_dict(), "delta": cand_l.mean - base_l.mean,
-                  "delta_ci": loss["delta_ci95"], "relative_change": rel}
-    ood_block = None
-    if ood is not None:
-        ob = ood[None].mean
-        threshold = cfg.ood_tolerance  # relative, as the harness's own threshold
-        ood_block = {"base": ood[None].to_dict(), "adapter": ood["candidate"].to_dict(),
-                     "delta": ood_numbers["rise"], "relative_change": ood_numbers["rise"] / ob if ob else None,
-                     "threshold": threshold}
-    results = {"loss": loss_block, "ood": ood_block, "n_examples": len(hidden.benchmark), "warnings": [],
-               "metrics": {}, "settings": {"metrics_requested": []},
-               "verdict": judge(loss_block, ood_block, ood_block["threshold"] if ood_block else 0.05)}
+    results = loss_results(bench[None], bench["candidate"], benchmark=f"hub:{hidden.benchmark_id}",
+                           base_model=sub.manifest.base_model.name, delta_ci=loss["delta_ci95"],
+                           ood=(ood[None], ood["candidate"]) if ood is not None else None,
+                           ood_threshold=cfg.ood_tolerance)
     fp = sub.manifest.dataset.fingerprint or {}
-    training = {"n_examples": fp.get("n_examples"), "non_standard": sub.manifest.non_standard}
-    ev = Evaluation(results=results, examples=hidden.benchmark, losses={None: base_l, "candidate": cand_l},
-                    training=training, adapter_key="candidate")
-    return diagnoses(ev)
+    training = TrainingSummary(n_examples=fp.get("n_examples"), non_standard=sub.manifest.non_standard)
+    return diagnose(results, training, eval_loss=bench["candidate"].mean)
 
 
 # ---------------------------------------------------------------- the hub's worker
