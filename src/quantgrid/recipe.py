@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from quantgrid.errors import ConfigError
 
@@ -28,14 +36,28 @@ class _Strict(BaseModel):
 
 
 class LoraSettings(_Strict):
-    r: int = Field(16, ge=1, le=1024, description="LoRA rank")
-    alpha: float = Field(32, gt=0, description="LoRA alpha; the update is scaled by alpha / r")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank (non-standard if changed)",
+                   json_schema_extra={"name": "lora_rank"})
+    alpha: float = Field(32, gt=0, description="LoRA alpha; the update is scaled by alpha / r (non-standard if changed)",
+                         json_schema_extra={"name": "lora_alpha"})
     # validate_default: the default goes through the sorting validator too, so Recipe() and
     # a recipe read back from YAML are equal and hash the same.
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-                                      validate_default=True)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    bias: Literal["none"] = "none"
+                                      validate_default=True,
+                                      description="modules LoRA adapts, comma-separated (non-standard if changed)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout", json_schema_extra={"name": "lora_dropout"})
+    bias: Literal["none"] = Field("none", description="LoRA bias", json_schema_extra={"name": "lora_bias"})
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _split(cls, v):
+        # "q_proj,v_proj" (a flag or a YAML string) and ["q_proj", "v_proj"] mean the same.
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, (list, tuple)):
+            return [m.strip() for item in v for m in (item.split(",") if isinstance(item, str) else [item])
+                    if not isinstance(m, str) or m.strip()]
+        return v
 
     @field_validator("target_modules")
     @classmethod
@@ -52,29 +74,40 @@ class LoraSettings(_Strict):
 
 
 class TrainingSettings(_Strict):
-    epochs: float = Field(3, gt=0)
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(4, ge=1)
-    lr: float = Field(2e-4, gt=0, lt=1)
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    max_seq_length: int = Field(1024, ge=16)
-    seed: int = 42
-    eval_fraction: float = Field(0.05, ge=0, lt=0.5)
-    early_stopping_patience: int | None = Field(None, ge=1)
+    # The second names are Hugging Face TrainingArguments' (what most fine-tuning guides use).
+    epochs: float = Field(3, gt=0, description="epochs",
+                          validation_alias=AliasChoices("epochs", "num_epochs", "num_train_epochs"))
+    batch_size: int = Field(4, ge=1, description="examples per micro-batch",
+                            validation_alias=AliasChoices("batch_size", "per_device_train_batch_size"))
+    grad_accum: int = Field(4, ge=1, description="micro-batches per optimizer step",
+                            validation_alias=AliasChoices("grad_accum", "gradient_accumulation_steps"))
+    lr: float = Field(2e-4, gt=0, lt=1, description="peak learning rate",
+                      validation_alias=AliasChoices("lr", "learning_rate"))
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of the steps spent warming up the learning rate")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="learning-rate schedule after warmup",
+        validation_alias=AliasChoices("schedule", "lr_scheduler_type"))
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradients are clipped to this norm")
+    max_seq_length: int = Field(1024, ge=16, description="longest example, in tokens")
+    seed: int = Field(42, description="random seed (data order, LoRA initialisation)")
+    eval_fraction: float = Field(0.05, ge=0, lt=0.5, description="share of the data held out for the eval loss "
+                                 "when no eval dataset is given")
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evaluations without "
+                                                "improvement of the held-out loss",
+                                                json_schema_extra={"flag": "--early-stopping"})
 
 
 class Recipe(_Strict):
     """Base model + LoRA + training defaults + prompt template. Hash it with ``.hash()``."""
 
-    base_model: str = DEFAULT_BASE_MODEL
-    base_revision: str = "main"
+    base_model: str = Field(DEFAULT_BASE_MODEL, description="base model: a Hugging Face id or a local directory")
+    base_revision: str = Field("main", description="revision of the base model on the Hugging Face Hub")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    prompt_template: str = "qa"
-    system_prompt: str = "You are a careful financial analyst. Answer precisely and show the numbers."
+    prompt_template: str = Field("qa", description=f"prompt template: {', '.join(PROMPT_TEMPLATES)}")
+    system_prompt: str = Field("You are a careful financial analyst. Answer precisely and show the numbers.",
+                               description="system prompt of the chat and mistral templates")
 
     @field_validator("prompt_template")
     @classmethod
