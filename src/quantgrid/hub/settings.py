@@ -77,6 +77,10 @@ class HubSettings(BaseSettings):
     storage_dir: Path = Field(Path("quantgrid-hub"), description="blob store, benchmark and releases live here")
     db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<storage_dir>/hub.db")
     public_url: str | None = Field(None, description="URL contributors use to reach this hub (shown in messages)")
+    storage_url: str | None = Field(None, description="where submission blobs live: a directory (default "
+                                    "<storage_dir>/blobs) or an fsspec URL such as s3://bucket/prefix")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for storage_url, "
+                                            'e.g. {"endpoint_url": "http://127.0.0.1:9000"} for an S3-compatible server')
 
     # ---- what contributors must follow ----
     recipe: Annotated[Recipe, NoDecode] = Field(default_factory=Recipe, description="the hub's recipe")
@@ -90,6 +94,13 @@ class HubSettings(BaseSettings):
     rate_limit_per_minute: int = Field(120, ge=1, description="requests per user (or per IP when anonymous)")
     rate_limit_burst: int = Field(60, ge=1, description="requests a client may send at once before throttling")
     daily_submission_limit: int = Field(20, ge=1, description="new submissions per user per rolling 24 h")
+    upload_read_timeout_seconds: float = Field(30.0, gt=0, description="an upload that sends nothing for this "
+                                               "long is cut off with 408")
+    max_concurrent_uploads: int = Field(32, ge=1, description="uploads one hub process reads at once (more get 503)")
+    max_concurrent_uploads_per_user: int = Field(2, ge=1, description="uploads one user may send at once, "
+                                                 "across every hub process (more get 429)")
+    gc_grace_seconds: float = Field(3600.0, ge=0, description="`hub gc` and startup keep unreferenced blobs and "
+                                    "staging directories younger than this (an upload may be about to commit)")
 
     # ---- jobs ----
     worker_enabled: bool = Field(True, description="`hub serve` also runs a job worker thread")

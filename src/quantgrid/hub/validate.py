@@ -339,34 +339,3 @@ def hidden_benchmark(settings) -> tuple[list, list]:
 
     h = hidden_sets(settings)
     return h.benchmark, h.ood
-
-
-def handle_validate_job(ctx) -> dict[str, Any]:
-    """The ``validate`` job: judge one submission and record the verdict (see hub.server.jobs)."""
-    from sqlalchemy import select
-
-    from quantgrid.hub.benchmark import hidden_sets
-    from quantgrid.hub.server.models import Adapter, User
-    from quantgrid.hub.server.releases import release_root
-    from quantgrid.hub.server.submissions import record_verdict, start_validation
-    from quantgrid.merge.release import ReleaseStore
-
-    settings = ctx.settings
-    sub_id = int(ctx.payload["submission_id"])
-    sub = start_validation(ctx.db, sub_id)
-    if sub.status not in ("validating",):  # already decided by an earlier attempt
-        return {"submission_id": sub_id, "status": sub.status, "skipped": True}
-    data = ctx.blobs.read_bytes(sub.blob_sha256)
-    with ctx.db.read() as s:
-        rows = s.execute(select(Adapter.id, Adapter.blob_sha256, User.name).join(User, User.id == Adapter.user_id)
-                         .where(Adapter.id != sub_id).order_by(Adapter.id)).all()
-    accepted = [AcceptedAdapter(aid, name, ctx.blobs.read_bytes(sha)) for aid, sha, name in rows]
-    release_dir = ReleaseStore(release_root(settings)).current_dir()
-    verdict = validate_submission(
-        data, recipe=settings.recipe, base_path=settings.recipe.base_model, hidden=hidden_sets(settings),
-        accepted=accepted, release_dir=release_dir, config=ValidationConfig.from_settings(settings),
-        progress=lambda msg: (log.info("submission %s: %s", sub_id, msg), ctx.heartbeat()))
-    record_verdict(ctx.db, settings, sub_id, accepted=verdict.accepted, report=verdict.report,
-                   score=verdict.score if verdict.accepted else None, delta_info=verdict.delta_info)
-    return {"submission_id": sub_id, "accepted": verdict.accepted, "stage": verdict.report["stage"],
-            "check": verdict.report["check"]}

@@ -1,4 +1,5 @@
-"""Fixtures for hub unit tests: a hub app on a temp SQLite database, and users with tokens."""
+"""Fixtures for hub unit tests: a hub app on a fresh database (SQLite, then PostgreSQL), and
+users with tokens."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 
 fastapi = pytest.importorskip("fastapi")
 
+from _postgres import db_url  # noqa: E402,F401
 from fastapi.testclient import TestClient  # noqa: E402
 
 from quantgrid.hub.server import create_app  # noqa: E402
@@ -16,10 +18,11 @@ from quantgrid.hub.settings import HubSettings  # noqa: E402
 
 
 @pytest.fixture
-def settings(tmp_path, monkeypatch) -> HubSettings:
+def settings(tmp_path, monkeypatch, db_url) -> HubSettings:  # noqa: F811 (the fixture imported above)
     for var in ("QUANTGRID_HUB_CONFIG", "QUANTGRID_HUB_CONFIG_FILE", "QUANTGRID_HUB_RECIPE", "QUANTGRID_HUB_PORT"):
         monkeypatch.delenv(var, raising=False)
-    return HubSettings.load(storage_dir=tmp_path / "hub", worker_enabled=False, max_upload_bytes=64 * 1024)
+    return HubSettings.load(storage_dir=tmp_path / "hub", worker_enabled=False, max_upload_bytes=64 * 1024,
+                            db_url=db_url)
 
 
 @pytest.fixture

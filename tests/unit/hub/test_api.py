@@ -111,7 +111,7 @@ def test_too_large_upload_is_413(client, users, settings, app):
 def test_rate_limit_gives_429_with_retry_after(settings, users, app, client):
     from quantgrid.hub.server.ratelimit import RateLimiter
 
-    app.state.limiter = RateLimiter(per_minute=60, burst=3)
+    app.state.limiter = RateLimiter(app.state.db, per_minute=60, burst=3)
     codes = [client.get("/v1/me", headers=users["alice"]).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
     r = client.get("/v1/me", headers=users["alice"])

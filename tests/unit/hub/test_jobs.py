@@ -14,10 +14,12 @@ from quantgrid.hub.settings import HubSettings
 
 
 @pytest.fixture
-def hub(tmp_path):
+def hub(tmp_path, db_url):
     settings = HubSettings.load(storage_dir=tmp_path, worker_enabled=False, job_lease_seconds=30,
-                                worker_poll_seconds=0.01)
-    return settings, Database(settings.database_url)
+                                worker_poll_seconds=0.01, db_url=db_url)
+    db = Database(settings.database_url)
+    yield settings, db
+    db.dispose()
 
 
 def _add(db, n, kind="echo", max_attempts=3):
@@ -107,12 +109,15 @@ def test_lease_expiry_on_last_attempt_fails_the_job(hub):
     assert job.status == "failed" and job.finished_at is not None
 
 
-def test_jobs_without_a_handler_stay_queued(hub, monkeypatch):
+def test_jobs_without_a_handler_stay_queued_and_unknown_kinds_are_an_error(hub):
+    from quantgrid.errors import ConfigError
+
     settings, db = hub
     (jid,) = _add(db, 1, kind="validate")
-    monkeypatch.setitem(jobs.HANDLER_PATHS, "validate", "quantgrid.no_such_module:handler")
-    handlers = jobs.resolve_handlers(["validate"])
-    assert handlers == {}
+    assert set(jobs.resolve_handlers()) == {"validate", "release"}  # imported by name, none skipped
+    with pytest.raises(ConfigError, match="unknown job kind"):
+        jobs.resolve_handlers(["valdiate"])
+    handlers = jobs.resolve_handlers(["release"])  # a worker for releases only
     stop = threading.Event()
     stop.set()
     assert jobs.run_worker(settings, handlers, stop, db=db) == 0

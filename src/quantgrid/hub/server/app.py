@@ -1,17 +1,19 @@
 """``create_app(settings)``: the hub's FastAPI app. State lives on ``app.state``, never in globals.
 
 * One error handler turns every exception into ``QuantGridError.to_dict()`` JSON with the
-  class's HTTP status (429 adds ``Retry-After``); anything unexpected is a logged 500 with
-  the same shape, so clients always get ``{"error": {"code", "message", "hint"}}``.
-* Routers are listed in ``ROUTERS`` (``module:attribute``) and imported lazily; a module
-  another engineer has not written yet is skipped with a log line.
-* At startup: migrations to head, leftover upload temp files removed, and (unless
+  class's HTTP status (an error with a ``retry_after`` adds ``Retry-After``; 401 adds
+  ``WWW-Authenticate: Bearer``); anything unexpected is a logged 500 with the same shape, so
+  clients always get ``{"error": {"code", "message", "hint"}}``.
+* An error answered before a request's body was read: for an authenticated caller the body
+  is drained first (bounded by the upload limit and read timeout), so their client sees the
+  answer; for anyone else the hub answers at once with ``Connection: close`` and reads nothing.
+* The routers are imported by name below.
+* At startup: migrations to head, garbage from a crash removed (``gc.collect``), and (unless
   ``worker_enabled`` is false) a job-worker thread started; it stops with the app.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
 from contextlib import asynccontextmanager
@@ -20,28 +22,28 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from quantgrid import __version__
 from quantgrid.errors import (
     HTTP_ERRORS,
+    AuthError,
     HubError,
     PayloadTooLarge,
     QuantGridError,
-    RateLimited,
     ServerError,
     Unprocessable,
 )
+from quantgrid.hub.server import releases, routes, web
 from quantgrid.hub.server.db import Database
+from quantgrid.hub.server.deps import authenticated, drain_body, has_unread_body
 from quantgrid.hub.server.ratelimit import RateLimiter
-from quantgrid.hub.server.storage import BlobStore
+from quantgrid.hub.server.storage import open_blob_store
 from quantgrid.hub.settings import HubSettings
 
 log = logging.getLogger(__name__)
 
-ROUTERS = [
-    "quantgrid.hub.server.routes:router",
-    "quantgrid.hub.server.releases:router",  # /v1/releases* (release engine)
-]
+ROUTERS = (routes.router, releases.router, web.router)
 
 API_DESCRIPTION = """\
 The quantgrid hub: contributors push LoRA adapter submissions, the hub validates them with a
@@ -52,7 +54,7 @@ Every error has the body `{"error": {"code": ..., "message": ..., "hint": ...}}`
 """
 
 
-def _error_response(exc: Exception) -> JSONResponse:
+def _error_response(exc: Exception, request: Request | None = None) -> JSONResponse:
     """The one place an exception becomes an HTTP response."""
     if isinstance(exc, QuantGridError):
         err = exc
@@ -67,34 +69,27 @@ def _error_response(exc: Exception) -> JSONResponse:
         log.error("unhandled error", exc_info=exc)
         err = ServerError("internal server error", hint="the hub logged the details; tell its admin")
     headers = {}
-    if isinstance(err, RateLimited) and err.retry_after is not None:
-        headers["Retry-After"] = str(int(err.retry_after))
+    if getattr(err, "retry_after", None) is not None:
+        headers["Retry-After"] = str(max(1, int(err.retry_after)))
+    if isinstance(err, AuthError):
+        presented = request is not None and request.headers.get("authorization", "").lower().startswith("bearer ")
+        headers["WWW-Authenticate"] = 'Bearer realm="quantgrid"' + (', error="invalid_token"' if presented else "")
     return JSONResponse(err.to_dict(), status_code=err.http_status, headers=headers)
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
-    if not isinstance(exc, PayloadTooLarge):
-        await drain_body(request)
-    return _error_response(exc)
-
-
-async def drain_body(request: Request) -> None:
-    """Read and drop an unread request body (up to the upload limit) before answering early.
-
-    A client still streaming a large upload when the hub answers (bad token, a repeat push,
-    rate limit) would otherwise hit a closed socket and never see the answer.
-    """
-    if request.method not in ("POST", "PUT", "PATCH") or getattr(request.state, "body_read", False):
-        return
-    length = request.headers.get("content-length", "")
-    if not length.isdigit() or int(length) > request.app.state.settings.max_upload_bytes:
-        return
-    request.state.body_read = True
-    try:
-        async for _ in request.stream():
-            pass
-    except Exception:  # the client went away, or the body was already consumed: nothing to drop
-        pass
+    if isinstance(exc, ClientDisconnect):  # nobody is listening: no log, no drain
+        return _error_response(HubError("client disconnected"), request)
+    close = False
+    if has_unread_body(request):
+        if authenticated(request) and not isinstance(exc, PayloadTooLarge):
+            close = not await drain_body(request)
+        else:
+            close = True  # anonymous or refused at the headers: read nothing, hang up after answering
+    response = _error_response(exc, request)
+    if close:
+        response.headers["Connection"] = "close"
+    return response
 
 
 def _start_worker(app: FastAPI) -> None:
@@ -114,6 +109,7 @@ def create_app(settings: HubSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        _startup_clean(app)
         if settings.worker_enabled:
             _start_worker(app)
         yield
@@ -126,22 +122,26 @@ def create_app(settings: HubSettings) -> FastAPI:
                   responses={"default": {"description": "Error", "model": _error_model()}})
     app.state.settings = settings
     app.state.db = Database(settings.database_url)
-    app.state.blobs = BlobStore(settings.blob_dir)
-    app.state.blobs.clean_tmp()
-    app.state.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
-    for exc_type in (QuantGridError, RequestValidationError, StarletteHTTPException, Exception):
+    app.state.blobs = open_blob_store(settings)
+    app.state.limiter = RateLimiter(app.state.db, settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.state.uploads_in_flight = 0
+    for exc_type in (QuantGridError, RequestValidationError, StarletteHTTPException, ClientDisconnect, Exception):
         app.add_exception_handler(exc_type, _handle)
-    for path in ROUTERS:
-        module, _, attr = path.partition(":")
-        try:
-            router = getattr(importlib.import_module(module), attr)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise  # the router exists but one of its imports is missing: a real bug
-            log.info("router %s not present yet; skipped", path)
-            continue
+    for router in ROUTERS:
         app.include_router(router)
     return app
+
+
+def _startup_clean(app: FastAPI) -> None:
+    """Remove what a crash left (temp files, staging dirs, unreferenced blobs past the grace)."""
+    from quantgrid.hub.server.gc import collect
+    from quantgrid.hub.server.jobs import requeue_expired
+
+    try:
+        requeue_expired(app.state.db)  # jobs of this host's dead workers go back to the queue first
+        collect(app.state.settings, app.state.db, app.state.blobs)
+    except QuantGridError as e:  # e.g. storage unreachable: serve anyway, pushes will say why
+        log.warning("startup cleanup skipped: %s", e.message)
 
 
 def _error_model():

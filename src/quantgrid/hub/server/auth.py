@@ -11,12 +11,12 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from quantgrid.errors import AuthError, ConfigError, Conflict, NotFound
 from quantgrid.hub.server.db import Database
-from quantgrid.hub.server.models import Token, User, utcnow
+from quantgrid.hub.server.models import Token, User, Vote, utcnow
 
 TOKEN_PREFIX = "qg_"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -75,11 +75,12 @@ def issue_token(db: Database, name: str) -> str:
 
 
 def revoke_user(db: Database, name: str) -> int:
-    """Revoke every token of ``name``; returns how many were live."""
+    """Revoke every token of ``name`` and withdraw their upvotes; returns how many tokens were live."""
     with db.write() as s:
         user = s.scalar(select(User).where(User.name == name))
         if user is None:
             raise NotFound(f"no user named {name!r}", hint="list users with `quantgrid hub user list`")
+        s.execute(delete(Vote).where(Vote.user_id == user.id))
         return s.execute(
             update(Token).where(Token.user_id == user.id, Token.revoked_at.is_(None)).values(revoked_at=utcnow())
         ).rowcount

@@ -6,14 +6,17 @@
     def things(user: CurrentUser, db: Database = Depends(get_db)): ...
 
 ``CurrentUser`` authenticates the bearer token (401 otherwise) and charges the caller's
-rate-limit bucket; ``OptionalUser`` serves anonymous callers too (rate-limited by IP).
+rate-limit bucket; ``OptionalUser`` serves anonymous callers too (rate-limited by IP). Both
+read headers only: a request's body is never touched before its caller is known.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from quantgrid.errors import AuthError
 from quantgrid.hub.server.auth import Principal, authenticate
@@ -46,22 +49,69 @@ def _client_key(request: Request) -> str:
     return f"ip:{request.client.host if request.client else 'unknown'}"
 
 
-def current_user(request: Request) -> Principal:
+async def current_user(request: Request) -> Principal:
     limiter = request.app.state.limiter
     try:
-        user = authenticate(request.app.state.db, _bearer(request))
+        user = await run_in_threadpool(authenticate, request.app.state.db, _bearer(request))
     except AuthError:
-        limiter.hit(_client_key(request))  # failed logins count against the caller's IP
+        await run_in_threadpool(limiter.hit, _client_key(request))  # failed logins count against the IP
         raise
-    limiter.hit(f"user:{user.id}")
+    await run_in_threadpool(limiter.hit, f"user:{user.id}")
+    request.state.user = user
     return user
 
 
-def optional_user(request: Request) -> Principal | None:
+async def optional_user(request: Request) -> Principal | None:
     if _bearer(request) is None:
-        request.app.state.limiter.hit(_client_key(request))
+        await run_in_threadpool(request.app.state.limiter.hit, _client_key(request))
         return None
-    return current_user(request)
+    return await current_user(request)
+
+
+def authenticated(request: Request) -> bool:
+    return getattr(request.state, "user", None) is not None
+
+
+def has_unread_body(request: Request) -> bool:
+    if getattr(request.state, "body_read", False):
+        return False
+    length = request.headers.get("content-length", "")
+    return (length.isdigit() and int(length) > 0) or "chunked" in request.headers.get("transfer-encoding", "")
+
+
+async def read_chunks(request: Request, timeout_s: float):
+    """The body's chunks, with a read timeout: a client silent for ``timeout_s`` gets 408."""
+    from quantgrid.hub.server.uploads import UploadTimeout
+
+    request.state.body_read = True
+    chunks = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(chunks.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise UploadTimeout(f"the upload sent nothing for {timeout_s:g} s and was cut off",
+                                hint="check the connection and push again") from None
+        yield chunk
+
+
+async def drain_body(request: Request) -> bool:
+    """Read and drop an unread body (up to the upload limit, with the read timeout) before
+    answering early, so a client still streaming sees the answer instead of a closed socket.
+    False if it was not drained (too large, timed out, client gone): then close the connection."""
+    if not has_unread_body(request):
+        return True
+    settings = request.app.state.settings
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > settings.max_upload_bytes:
+        return False
+    try:
+        async for _ in read_chunks(request, settings.upload_read_timeout_seconds):
+            pass
+    except Exception:  # timed out, the client went away, or the body was already consumed
+        return False
+    return True
 
 
 def admin_user(user: Annotated[Principal, Depends(current_user)]) -> Principal:

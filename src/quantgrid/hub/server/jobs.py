@@ -13,16 +13,19 @@ Lifecycle: ``queued -> running -> done | failed``.
   ``max_attempts`` times is ``failed``; its ``error`` says why, and the kind's give-up hook
   runs (a ``validate`` job's submission is rejected with that report).
 
+* **Dead owners.** A lease names its worker as ``host:pid:random``. A running job whose owner
+  is a process on this host that no longer exists is requeued at once, without waiting for
+  the lease to run out (the check needs the workers of one host to share a pid namespace,
+  as processes on one machine or in one container do).
+
 Handlers are plain functions ``handler(ctx: JobContext) -> dict | None`` (the dict is stored
-as the job's ``result``). They are found by kind in ``HANDLER_PATHS`` (dotted
-``module:function`` paths imported lazily, so the hub starts even when a handler's heavy
-dependencies are missing) or passed explicitly to :func:`run_worker`. A kind with no handler
-is never claimed: its jobs stay queued, and the worker logs that once.
+as the job's ``result``). The hub's kinds are imported by name in ``job_kinds.py`` (which
+imports this module, so this module looks them up there only when asked); a worker takes
+exactly the kinds it has handlers for, and asking for a kind that does not exist is an error.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import socket
@@ -38,20 +41,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from quantgrid.hub.server.db import Database
+from quantgrid.hub.server.hostproc import pid_alive
 from quantgrid.hub.server.models import Job, utcnow
 from quantgrid.hub.settings import HubSettings
 
 log = logging.getLogger(__name__)
 
-# kind -> "module:function". Engineers plugging in a worker kind add a line here.
-HANDLER_PATHS: dict[str, str] = {
-    "validate": "quantgrid.hub.validate:handle_validate_job",
-    "release": "quantgrid.hub.server.releases:handle_release_job",
-}
-# kind -> "module:function(db, job)" run once when a job of that kind is given up on.
-GIVE_UP_PATHS: dict[str, str] = {
-    "validate": "quantgrid.hub.server.submissions:give_up_validation",
-}
 
 
 @dataclass
@@ -69,9 +64,9 @@ class JobContext:
 
     @property
     def blobs(self):
-        from quantgrid.hub.server.storage import BlobStore
+        from quantgrid.hub.server.storage import open_blob_store
 
-        return BlobStore(self.settings.blob_dir)
+        return open_blob_store(self.settings)
 
     def heartbeat(self) -> bool:
         """Extend the lease now (the worker also does this in the background)."""
@@ -84,24 +79,11 @@ class JobContext:
 Handler = Callable[[JobContext], "dict[str, Any] | None"]
 
 
-def _import(path: str) -> Callable:
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def resolve_handlers(kinds: Iterable[str] | None = None) -> dict[str, Handler]:
-    """Import the registered handlers that exist; log (once per call) each one that doesn't."""
-    found: dict[str, Handler] = {}
-    for kind in kinds or HANDLER_PATHS:
-        path = HANDLER_PATHS.get(kind)
-        if path is None:
-            log.warning("no handler registered for job kind %r", kind)
-            continue
-        try:
-            found[kind] = _import(path)
-        except (ImportError, AttributeError) as e:
-            log.warning("job kind %r has no handler yet (%s: %s); its jobs stay queued", kind, path, e)
-    return found
+    """The handlers of ``kinds`` (default: every kind the hub has); ConfigError for an unknown kind."""
+    from quantgrid.hub.server.job_kinds import handlers  # job_kinds imports this module
+
+    return handlers(kinds)
 
 
 # ---- queue operations (each one short transaction) ----
@@ -208,19 +190,33 @@ def fail(db: Database, job_id: int, worker_id: str, error: str, retry_delay_s: f
     return status
 
 
+def _dead_local_owners(s: Session) -> set[str]:
+    """Lease owners of running jobs that name a process of this host that no longer exists."""
+    host = socket.gethostname()
+    owners = s.scalars(select(Job.lease_owner).where(Job.status == "running",
+                                                     Job.lease_owner.like(f"{host}:%")).distinct()).all()
+    return {o for o in owners if not pid_alive(o.split(":")[1])}
+
+
 def requeue_expired(db: Database) -> list[int]:
-    """Jobs whose worker stopped renewing its lease go back to the queue (or fail, if out of tries)."""
+    """Jobs whose worker stopped renewing its lease, or whose worker is a dead process on this
+    host, go back to the queue (or fail, if out of tries)."""
     now = time.time()
+    stale = (Job.lease_expires_at < now)
     with db.read() as s:  # the common case, nothing expired, takes no write lock
-        if s.scalar(select(Job.id).where(Job.status == "running", Job.lease_expires_at < now).limit(1)) is None:
+        dead = _dead_local_owners(s)
+        if dead:
+            stale = stale | Job.lease_owner.in_(dead)
+        if s.scalar(select(Job.id).where(Job.status == "running", stale).limit(1)) is None:
             return []
     with db.write() as s:
         expired = s.scalars(
-            select(Job).where(Job.status == "running", Job.lease_expires_at < now)
+            select(Job).where(Job.status == "running", stale).with_for_update(skip_locked=True)
         ).all()
         given_up = []
         for job in expired:
-            note = f"worker {job.lease_owner} stopped (lease expired) during attempt {job.attempts}"
+            why = "its process is gone" if job.lease_owner in dead else "lease expired"
+            note = f"worker {job.lease_owner} stopped ({why}) during attempt {job.attempts}"
             job.lease_owner = None
             job.lease_expires_at = None
             job.error = note
@@ -237,13 +233,15 @@ def requeue_expired(db: Database) -> list[int]:
 
 
 def _give_up(db: Database, job_id: int) -> None:
+    from quantgrid.hub.server.job_kinds import GIVE_UP  # job_kinds imports this module
+
     with db.read() as s:
         job = s.get(Job, job_id)
-        path = GIVE_UP_PATHS.get(job.kind) if job else None
-    if path is None:
+        hook = GIVE_UP.get(job.kind) if job else None
+    if hook is None:
         return
     try:
-        _import(path)(db, job)
+        hook(db, job)
     except Exception:  # a hook must never take the worker down
         log.exception("give-up hook for job %s failed", job_id)
 
@@ -294,8 +292,8 @@ def run_worker(settings: HubSettings, handlers: dict[str, Handler] | None = None
                worker_id: str | None = None, max_jobs: int | None = None) -> int:
     """Run jobs until ``stop_event`` is set (or ``max_jobs`` ran). Returns the number run.
 
-    ``handlers=None`` resolves every kind in ``HANDLER_PATHS``; kinds without an importable
-    handler are not claimed, so their jobs wait for a worker that has one.
+    ``handlers=None`` takes every kind the hub has (``job_kinds.py``); a worker given fewer
+    kinds leaves the others' jobs queued for a worker that has them.
     """
     stop_event = stop_event or threading.Event()
     db = db or Database(settings.database_url)

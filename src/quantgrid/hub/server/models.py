@@ -190,3 +190,25 @@ class IdempotencyKey(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     submission_id: Mapped[int] = mapped_column(ForeignKey("submissions.id"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class RateBucket(Base):
+    """A token bucket of the request rate limit, shared by every API process of the hub."""
+
+    __tablename__ = "rate_buckets"
+
+    key: Mapped[str] = mapped_column(String(96), primary_key=True)  # "user:<id>" or "ip:<address>"
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)  # epoch seconds of the last refill
+
+
+class UploadSlot(Base):
+    """An upload in progress. It counts toward its user's concurrent-upload cap and daily limit
+    until the submission is recorded (or the upload fails, or the slot expires)."""
+
+    __tablename__ = "upload_slots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    holder: Mapped[str] = mapped_column(String(128))  # host:pid of the API process reading the body
+    expires_at: Mapped[float] = mapped_column(Float)  # epoch seconds

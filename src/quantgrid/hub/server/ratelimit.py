@@ -1,38 +1,112 @@
-"""Per-client token buckets: ``burst`` requests at once, refilled at ``per_minute``/60 per second.
+"""Limits every API process of a hub enforces together, kept in the hub's database.
 
-In-process state, kept on ``app.state``: with several hub processes behind a load balancer
-each enforces its own share (put the limit in the proxy, e.g. nginx ``limit_req``, for a
-global one).
+* **Request rate**: a token bucket per client (``user:<id>``, or ``ip:<address>`` when
+  anonymous): ``burst`` requests at once, refilled at ``per_minute``/60 per second. The bucket
+  is a row of ``rate_buckets``, updated under a row lock (SQLite: the write lock), so two hub
+  processes behind one load balancer share one limit instead of each allowing its own.
+* **Uploads in flight**: before the hub reads an upload's body it takes an ``upload_slots``
+  row for the user. A user may hold ``max_concurrent_uploads_per_user`` slots, and live slots
+  count toward the daily submission limit, so a burst of parallel pushes is refused at the
+  headers (no bytes read, no blob stored) instead of after the upload. The slot is released
+  with the submission's own transaction, or when the upload fails; a slot whose process died
+  expires (``UPLOAD_SLOT_SECONDS``) or, on the same host, is freed at once.
 """
 
 from __future__ import annotations
 
 import math
-import threading
+import os
+import socket
 import time
 
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
 from quantgrid.errors import RateLimited
+from quantgrid.hub.server.db import Database
+from quantgrid.hub.server.hostproc import pid_alive
+from quantgrid.hub.server.models import RateBucket, UploadSlot, User
+
+UPLOAD_SLOT_SECONDS = 3600.0  # an upload taking longer than this loses its slot
 
 
 class RateLimiter:
-    def __init__(self, per_minute: int, burst: int):
+    """The request-rate token buckets, in the database ``db``."""
+
+    def __init__(self, db: Database, per_minute: int, burst: int):
+        self.db = db
         self.rate = per_minute / 60.0
         self.burst = float(burst)
-        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill time)
-        self._lock = threading.Lock()
 
     def hit(self, key: str, cost: float = 1.0) -> None:
         """Spend ``cost`` tokens of ``key``'s bucket or raise RateLimited with a Retry-After."""
-        now = time.monotonic()
-        with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens < cost:
-                self._buckets[key] = (tokens, now)
-                wait = math.ceil((cost - tokens) / self.rate)
-                raise RateLimited(f"too many requests; try again in {wait} s",
-                                  hint="slow down, or ask the hub admin to raise rate_limit_per_minute",
-                                  retry_after=wait)
-            self._buckets[key] = (tokens - cost, now)
-            if len(self._buckets) > 100_000:  # forget idle clients rather than grow forever
-                self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 3600}
+        now = time.time()
+        for attempt in range(3):
+            try:
+                with self.db.write() as s:
+                    row = s.scalar(select(RateBucket).where(RateBucket.key == key).with_for_update())
+                    if row is None:
+                        row = RateBucket(key=key, tokens=self.burst, updated_at=now)
+                        s.add(row)
+                        s.flush()  # a concurrent first request for this key loses here and retries
+                    tokens = min(self.burst, row.tokens + max(0.0, now - row.updated_at) * self.rate)
+                    row.updated_at = now
+                    if tokens < cost:
+                        row.tokens = tokens
+                        wait = math.ceil((cost - tokens) / self.rate)
+                        break
+                    row.tokens = tokens - cost
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise RateLimited(f"too many requests; try again in {wait} s",
+                          hint="slow down, or ask the hub admin to raise rate_limit_per_minute",
+                          retry_after=wait)
+
+    def forget_idle(self, older_than_s: float = 3600.0) -> int:
+        """Drop buckets untouched this long (they are full again anyway)."""
+        cutoff = time.time() - max(older_than_s, self.burst / self.rate)
+        with self.db.write() as s:
+            return s.execute(delete(RateBucket).where(RateBucket.updated_at < cutoff)).rowcount
+
+
+# ---- upload slots ----
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def lock_user(session: Session, user_id: int) -> None:
+    """Serialise one user's limit checks across processes (SQLite's write lock does this already)."""
+    session.execute(select(User.id).where(User.id == user_id).with_for_update())
+
+
+def live_slots(session: Session, user_id: int, now: float) -> int:
+    _free_dead(session, user_id, now)
+    return session.scalar(select(func.count()).select_from(UploadSlot)
+                          .where(UploadSlot.user_id == user_id, UploadSlot.expires_at > now)) or 0
+
+
+def _free_dead(session: Session, user_id: int, now: float) -> None:
+    host = socket.gethostname()
+    rows = session.execute(select(UploadSlot.id, UploadSlot.holder, UploadSlot.expires_at)
+                           .where(UploadSlot.user_id == user_id)).all()
+    gone = [i for i, holder, exp in rows
+            if exp <= now or (holder.startswith(f"{host}:") and not pid_alive(holder.split(":")[1]))]
+    if gone:
+        session.execute(delete(UploadSlot).where(UploadSlot.id.in_(gone)))
+
+
+def release_slot(session: Session, slot_id: int | None) -> None:
+    if slot_id is not None:
+        session.execute(delete(UploadSlot).where(UploadSlot.id == slot_id))
+
+
+def free_slot(db: Database, slot_id: int | None) -> None:
+    """Release a slot in its own transaction (an upload that failed)."""
+    if slot_id is not None:
+        with db.write() as s:
+            release_slot(s, slot_id)

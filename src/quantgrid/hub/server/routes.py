@@ -15,6 +15,7 @@
 Upload headers: ``X-Content-SHA256`` (required), ``Idempotency-Key`` (optional, ≤128
 chars), ``X-Filename`` (optional), ``Content-Length`` (required, so too-large bodies are
 refused with 413 before any byte is read; a body that outgrows it is cut off with 413 too).
+The order of the checks, the caps and the read timeout are in ``uploads.py``.
 """
 
 from __future__ import annotations
@@ -22,18 +23,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from quantgrid import __version__
-from quantgrid.errors import PayloadTooLarge, Unprocessable
 from quantgrid.hub import schemas as S
 from quantgrid.hub.server import leaderboard as lb
 from quantgrid.hub.server import submissions as subs
-from quantgrid.hub.server.app import drain_body
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.deps import CurrentUser, OptionalUser, get_blobs, get_db, get_settings
 from quantgrid.hub.server.jobs import queue_counts
 from quantgrid.hub.server.storage import BlobStore
+from quantgrid.hub.server.uploads import receive_submission
 from quantgrid.hub.settings import HubSettings
 
 router = APIRouter(prefix="/v1")
@@ -71,8 +70,11 @@ _ZIP_BODY = {"requestBody": {"required": True, "description": "the submission zi
 @router.post(
     "/submissions", response_model=S.SubmissionOut, status_code=201, tags=["submissions"], openapi_extra=_ZIP_BODY,
     responses={**_AUTH, 200: {"model": S.SubmissionOut, "description": "this push repeats an existing submission"},
+               408: {"model": S.ErrorBody, "description": "the body stalled past upload_read_timeout_seconds"},
                413: {"model": S.ErrorBody, "description": "larger than max_upload_bytes"},
-               422: {"model": S.ErrorBody, "description": "bad sha256, or idempotency key reused for other bytes"}},
+               422: {"model": S.ErrorBody, "description": "bad sha256, or idempotency key reused for other bytes"},
+               503: {"model": S.ErrorBody, "description": "too many uploads in progress, or storage unavailable"},
+               507: {"model": S.ErrorBody, "description": "the hub's storage is full"}},
 )
 async def push(
     request: Request, response: Response, user: CurrentUser, settings: Settings, db: DB, blobs: Blobs,
@@ -82,36 +84,8 @@ async def push(
     filename: Annotated[str | None, Header(alias=S.FILENAME_HEADER, max_length=255)] = None,
 ) -> S.SubmissionOut:
     """Upload a submission zip. The hub stores it and queues validation; poll its status."""
-    sha256 = sha256.lower()
-    existing = await run_in_threadpool(subs.find_existing, db, user, sha256, idempotency_key)
-    if existing is not None:
-        await drain_body(request)  # a repeat: the bytes are already here
-        sub, created = await run_in_threadpool(
-            subs.create, db, user, settings, sha256=sha256, size=existing.size_bytes,
-            filename=existing.filename, key=idempotency_key)
-        response.status_code = 200
-        return subs.to_out(sub, user.name, show_report=True, duplicate=True)
-    length = request.headers.get("content-length")
-    if length is None or not length.isdigit():
-        raise Unprocessable("Content-Length header is required", hint="send the file with its size (the CLI does)")
-    if int(length) > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"upload of {int(length)} bytes is larger than the hub's limit of "
-                              f"{settings.max_upload_bytes} bytes",
-                              hint="a submission zip holds only the LoRA adapter; remove other files and package again")
-    if int(length) == 0:
-        raise Unprocessable("empty upload", hint="push a zip made by `quantgrid package`")
-    await run_in_threadpool(subs.precheck, db, user, settings)
-    request.state.body_read = True  # from here on errors must not try to drain the stream
-    with blobs.writer(max_bytes=min(int(length), settings.max_upload_bytes)) as w:
-        async for chunk in request.stream():
-            w.write(chunk)  # raises 413 as soon as the body outgrows Content-Length or the limit
-        if w.size != int(length):
-            raise Unprocessable(f"body ended after {w.size} of {length} bytes", hint="push again")
-        await run_in_threadpool(w.commit, sha256)
-        size = w.size
-    name = (filename or f"submission-{sha256[:12]}.zip").replace("/", "_").replace("\\", "_")
-    sub, created = await run_in_threadpool(subs.create, db, user, settings, sha256=sha256, size=size,
-                                           filename=name, key=idempotency_key)
+    sub, created = await receive_submission(request, user, settings, db, blobs, sha256=sha256.lower(),
+                                            key=idempotency_key, filename=filename)
     if not created:
         response.status_code = 200
     return subs.to_out(sub, user.name, show_report=True, duplicate=not created)

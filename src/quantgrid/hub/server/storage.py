@@ -1,30 +1,85 @@
-"""Content-addressed blob store on local disk: ``<root>/sha256/ab/cd/<sha256>``.
+"""Content-addressed blob store: ``<root>/sha256/ab/cd/<sha256>``, on local disk or any fsspec
+filesystem (S3 and S3-compatible servers through ``s3fs``).
 
-A write streams into ``<root>/tmp/`` while hashing, then fsync -> rename into place ->
-fsync the directory. A crash leaves either the complete blob or only a temp file, which
-``clean_tmp`` removes at startup. The same bytes always land at the same path, so writing a
-blob twice is harmless. (Past one machine: put an fsspec/S3 store behind the same methods.)
+    blobs = open_blob_store(settings)      # settings.storage_url: None (local) or s3://bucket/prefix
+    with blobs.writer(max_bytes=n) as w:   # streams into a local temp file while hashing
+        for chunk in body: w.write(chunk)
+        sha = w.commit(expected_sha256)    # verified, then placed in the store
+
+Placing is atomic on both backends: locally fsync -> rename -> fsync the directory; on S3 an
+object appears only once its upload completed. A crash leaves the complete blob or only a
+local temp file (``clean_tmp`` removes those of dead processes). A blob is placed by every
+upload that verified its bytes, even when one with its name exists, so a blob that a crashed
+upload left behind is never trusted: it is overwritten, or removed by ``quantgrid hub gc``
+once no database row refers to it.
+
+An ``OSError`` from the storage (a read-only or full volume, an unreachable bucket) becomes
+503 (``StorageUnavailable``) or 507 (``InsufficientStorage``) with a hint for the admin.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from quantgrid.errors import NotFound, PayloadTooLarge, Unprocessable
+from quantgrid.errors import HubError, NotFound, PayloadTooLarge, Unprocessable
+from quantgrid.hub.server.hostproc import pid_alive
 from quantgrid.utils import fsync_dir
 
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+TMP_GLOB = "upload-*.tmp"
+
+
+class StorageUnavailable(HubError):
+    """The hub cannot read or write its storage (read-only volume, permissions, unreachable bucket)."""
+
+    http_status = 503
+    code = "storage_unavailable"
+
+
+class InsufficientStorage(HubError):
+    """The hub's storage is full."""
+
+    http_status = 507
+    code = "insufficient_storage"
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def storage_error(exc: OSError, what: str) -> HubError:
+    """The HTTP-typed error for a storage failure while doing ``what``."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in _FULL:
+        return InsufficientStorage(
+            f"the hub's storage is full ({what}: {reason})",
+            hint="push again later; hub admin: free space or grow the volume, and run `quantgrid hub gc`")
+    return StorageUnavailable(
+        f"the hub cannot use its storage right now ({what}: {reason})",
+        hint="push again later; hub admin: check that the storage is mounted read-write, writable by the hub, "
+             "and (for S3) reachable with valid credentials")
+
+
+@contextlib.contextmanager
+def _storage_errors(what: str) -> Iterator[None]:
+    try:
+        yield
+    except (HubError, FileNotFoundError):
+        raise
+    except OSError as e:
+        raise storage_error(e, what) from e
 
 
 class BlobWriter:
-    """Streams bytes into a temp file with a size cap; ``commit()`` moves it into the store."""
+    """Streams bytes into a local temp file with a size cap; ``commit()`` places it in the store."""
 
     def __init__(self, store: BlobStore, max_bytes: int | None):
         self.store = store
@@ -32,7 +87,8 @@ class BlobWriter:
         self.size = 0
         self._hash = hashlib.sha256()
         # The writer's pid is in the name so a restart can tell abandoned temp files from live ones.
-        fd, tmp = tempfile.mkstemp(prefix=f"upload-{os.getpid()}-", suffix=".tmp", dir=store.tmp_dir)
+        with _storage_errors("creating an upload file"):
+            fd, tmp = tempfile.mkstemp(prefix=f"upload-{os.getpid()}-", suffix=".tmp", dir=store.tmp_dir)
         self._tmp = Path(tmp)
         self._f: BinaryIO | None = os.fdopen(fd, "wb")
 
@@ -42,7 +98,8 @@ class BlobWriter:
             raise PayloadTooLarge(f"upload is larger than the hub's limit of {self.max_bytes} bytes",
                                   hint="a submission zip holds only the LoRA adapter; remove other files and package again")
         self._hash.update(chunk)
-        self._f.write(chunk)
+        with _storage_errors("writing an upload"):
+            self._f.write(chunk)
 
     @property
     def sha256(self) -> str:
@@ -53,47 +110,90 @@ class BlobWriter:
         if expected_sha256 is not None and expected_sha256.lower() != sha:
             raise Unprocessable(f"upload sha256 mismatch: header says {expected_sha256}, bytes hash to {sha}",
                                 hint="the file changed or was corrupted in transit; push it again")
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        self._f = None
-        dest = self.store.path(sha)
-        if dest.exists():
-            self._tmp.unlink(missing_ok=True)
-        else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._tmp, dest)
-            fsync_dir(dest.parent)
+        with _storage_errors("saving an upload"):
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+            self._f = None
+            self.store._place(self._tmp, sha)
         return sha
 
     def abort(self) -> None:
         if self._f is not None:
-            self._f.close()
+            with contextlib.suppress(OSError):
+                self._f.close()
             self._f = None
-        self._tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, exc_type, *_):
-        if exc_type is not None or self._f is not None:
+        if exc_type is not None or self._f is not None or self._tmp.exists():
             self.abort()
 
 
 class BlobStore:
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        self.tmp_dir = self.root / "tmp"
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+    """Blobs in a local directory. ``tmp_dir`` (upload temp files) is always local."""
 
-    def path(self, sha256: str) -> Path:
+    url_scheme = "file"
+
+    def __init__(self, root: str | Path, tmp_dir: str | Path | None = None):
+        self.root = Path(root)
+        self.tmp_dir = Path(tmp_dir) if tmp_dir is not None else self.root / "tmp"
+        with _storage_errors("creating the blob store"):
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _rel(sha256: str) -> str:
         if not SHA_RE.match(sha256 or ""):
             raise NotFound(f"not a blob id: {sha256!r}")
-        return self.root / "sha256" / sha256[:2] / sha256[2:4] / sha256
+        return f"sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def path(self, sha256: str) -> Path:
+        return self.root / self._rel(sha256)
+
+    # ---- backend operations (overridden by FsspecBlobStore) ----
+    def _place(self, tmp: Path, sha256: str) -> None:
+        dest = self.path(sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+        fsync_dir(dest.parent)
 
     def exists(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
+        with _storage_errors("reading the blob store"):
+            return self.path(sha256).is_file()
 
+    def open(self, sha256: str) -> BinaryIO:
+        p = self.path(sha256)
+        if not p.is_file():
+            raise NotFound(f"blob {sha256} is missing from the store")
+        with _storage_errors("reading a blob"):
+            return open(p, "rb")
+
+    def delete(self, sha256: str) -> bool:
+        with _storage_errors("deleting a blob"):
+            try:
+                self.path(sha256).unlink()
+            except FileNotFoundError:
+                return False
+        return True
+
+    def iter_blobs(self) -> Iterator[tuple[str, float]]:
+        """(sha256, modification time) of every blob in the store."""
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for p in base.glob("*/*/*"):
+            if SHA_RE.match(p.name):
+                with contextlib.suppress(FileNotFoundError):
+                    yield p.name, p.stat().st_mtime
+
+    # ---- shared ----
     def writer(self, max_bytes: int | None = None) -> BlobWriter:
         return BlobWriter(self, max_bytes)
 
@@ -102,14 +202,8 @@ class BlobStore:
             w.write(data)
             return w.commit()
 
-    def open(self, sha256: str) -> BinaryIO:
-        p = self.path(sha256)
-        if not p.is_file():
-            raise NotFound(f"blob {sha256} is missing from the store")
-        return open(p, "rb")
-
     def read_bytes(self, sha256: str) -> bytes:
-        with self.open(sha256) as f:
+        with self.open(sha256) as f, _storage_errors("reading a blob"):
             return f.read()
 
     def verify(self, sha256: str) -> bool:
@@ -130,25 +224,97 @@ class BlobStore:
         """
         n = 0
         cutoff = time.time() - older_than_s
-        for p in self.tmp_dir.glob("upload-*.tmp"):
+        for p in self.tmp_dir.glob(TMP_GLOB):
             with contextlib.suppress(OSError):
-                if not _pid_alive(p.name.split("-")[1]) or p.stat().st_mtime <= cutoff:
+                if not pid_alive(p.name.split("-")[1]) or p.stat().st_mtime <= cutoff:
                     p.unlink()
                     n += 1
         return n
 
 
-def _pid_alive(pid_text: str) -> bool:
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if pid == os.getpid():
+class FsspecBlobStore(BlobStore):
+    """Blobs under an fsspec URL (``s3://bucket/prefix``, ``memory://``, ...); temp files stay local."""
+
+    def __init__(self, url: str, tmp_dir: str | Path, options: dict | None = None):
+        import fsspec
+
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **(options or {}))
+        except (ImportError, ValueError) as e:
+            from quantgrid.errors import ConfigError
+
+            raise ConfigError(f"cannot open blob storage {url!r}: {e}",
+                              hint="for s3:// install s3fs (`pip install 'quantgrid[hub]'`) and check storage_options"
+                              ) from None
+        self.url = url
+        self.url_scheme = url.split("://", 1)[0]
+        self.prefix = root.rstrip("/")
+        self.root = Path(tmp_dir).parent  # only tmp_dir is local; blobs are addressed by key
+        self.tmp_dir = Path(tmp_dir)
+        with _storage_errors("creating the upload directory"):
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    def describe(self) -> str:
+        return self.url
+
+    def key(self, sha256: str) -> str:
+        return f"{self.prefix}/{self._rel(sha256)}"
+
+    def path(self, sha256: str) -> Path:
+        raise TypeError("blobs in object storage have no local path; use open() or read_bytes()")
+
+    def _place(self, tmp: Path, sha256: str) -> None:
+        self.fs.put_file(str(tmp), self.key(sha256))
+        tmp.unlink(missing_ok=True)
+
+    def exists(self, sha256: str) -> bool:
+        with _storage_errors("reading the blob store"):
+            return self.fs.exists(self.key(sha256))
+
+    def open(self, sha256: str) -> BinaryIO:
+        with _storage_errors("reading a blob"):
+            try:
+                return self.fs.open(self.key(sha256), "rb")
+            except FileNotFoundError:
+                raise NotFound(f"blob {sha256} is missing from the store") from None
+
+    def delete(self, sha256: str) -> bool:
+        with _storage_errors("deleting a blob"):
+            try:
+                self.fs.rm_file(self.key(sha256))
+            except FileNotFoundError:
+                return False
         return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+
+    def iter_blobs(self) -> Iterator[tuple[str, float]]:
+        with _storage_errors("listing the blob store"):
+            self.fs.invalidate_cache()
+            try:
+                found = self.fs.find(f"{self.prefix}/sha256", detail=True)
+            except FileNotFoundError:
+                return
+        for key, info in found.items():
+            name = key.rsplit("/", 1)[-1]
+            if SHA_RE.match(name):
+                yield name, _mtime(info)
+
+
+def _mtime(info: dict) -> float:
+    for field in ("LastModified", "mtime", "created"):
+        v = info.get(field)
+        if v is None:
+            continue
+        return v.timestamp() if hasattr(v, "timestamp") else float(v)
+    return 0.0
+
+
+def open_blob_store(settings) -> BlobStore:
+    """The blob store a hub's settings name: ``storage_url`` if set, else ``<storage_dir>/blobs``."""
+    url = settings.storage_url
+    tmp_dir = settings.blob_dir / "tmp"
+    if not url:
+        return BlobStore(settings.blob_dir)
+    if "://" not in url or url.startswith("file://"):
+        local = Path(url.removeprefix("file://")).expanduser()
+        return BlobStore(local, tmp_dir=local / "tmp")
+    return FsspecBlobStore(url, tmp_dir, settings.storage_options)

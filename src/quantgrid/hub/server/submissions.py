@@ -14,6 +14,7 @@ Idempotency rules for one user:
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,10 +23,20 @@ from sqlalchemy.orm import Session
 
 from quantgrid.errors import Conflict, NotFound, RateLimited, Unprocessable
 from quantgrid.hub.schemas import SubmissionOut
+from quantgrid.hub.server import ratelimit
 from quantgrid.hub.server.auth import Principal
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.jobs import enqueue
-from quantgrid.hub.server.models import Adapter, Blob, IdempotencyKey, Job, Submission, User, utcnow
+from quantgrid.hub.server.models import (
+    Adapter,
+    Blob,
+    IdempotencyKey,
+    Job,
+    Submission,
+    UploadSlot,
+    User,
+    utcnow,
+)
 from quantgrid.hub.settings import HubSettings
 
 VALIDATE_JOB = "validate"
@@ -56,30 +67,48 @@ def find_existing(db: Database, user: Principal, sha256: str, key: str | None) -
         return s.scalar(select(Submission).where(Submission.user_id == user.id, Submission.blob_sha256 == sha256))
 
 
-def check_daily_limit(session: Session, user: Principal, settings: HubSettings) -> None:
+def check_daily_limit(session: Session, user: Principal, settings: HubSettings, pending: int = 0) -> None:
+    """429 if the user's submissions of the last 24 h plus ``pending`` uploads reach the limit."""
     since = utcnow() - dt.timedelta(days=1)
     rows = session.scalars(
         select(Submission.created_at).where(Submission.user_id == user.id, Submission.created_at >= since)
         .order_by(Submission.created_at)
     ).all()
-    if len(rows) >= settings.daily_submission_limit:
+    if len(rows) + pending >= settings.daily_submission_limit:
+        if not rows:  # only uploads in flight hold the limit
+            raise RateLimited(f"daily submission limit reached ({settings.daily_submission_limit} per 24 h, "
+                              f"counting {pending} upload(s) in progress)", hint="push again in a minute",
+                              retry_after=60)
         oldest = rows[0] if rows[0].tzinfo else rows[0].replace(tzinfo=dt.timezone.utc)
         wait = max(1, int((oldest + dt.timedelta(days=1) - utcnow()).total_seconds()) + 1)
         raise RateLimited(f"daily submission limit reached ({settings.daily_submission_limit} per 24 h)",
                           hint=f"push again in {wait // 3600} h {wait % 3600 // 60} min", retry_after=wait)
 
 
-def precheck(db: Database, user: Principal, settings: HubSettings) -> None:
-    with db.read() as s:
-        check_daily_limit(s, user, settings)
+def acquire_upload_slot(db: Database, user: Principal, settings: HubSettings) -> int:
+    """Reserve one upload for ``user`` before reading its body (see ``ratelimit``); 429 if over a cap."""
+    now = time.time()
+    with db.write() as s:
+        ratelimit.lock_user(s, user.id)
+        inflight = ratelimit.live_slots(s, user.id, now)
+        cap = settings.max_concurrent_uploads_per_user
+        if inflight >= cap:
+            raise RateLimited(f"you have {inflight} upload(s) in progress already (the hub allows {cap} at once)",
+                              hint="wait for them to finish, then push again", retry_after=5)
+        check_daily_limit(s, user, settings, pending=inflight)
+        slot = UploadSlot(user_id=user.id, holder=ratelimit.holder_id(), expires_at=now + ratelimit.UPLOAD_SLOT_SECONDS)
+        s.add(slot)
+        s.flush()
+        return slot.id
 
 
 # ---- create ----
 
 
 def create(db: Database, user: Principal, settings: HubSettings, *, sha256: str, size: int, filename: str,
-           key: str | None) -> tuple[Submission, bool]:
-    """Record an uploaded blob as a submission + validate job in one transaction.
+           key: str | None, slot_id: int | None = None) -> tuple[Submission, bool]:
+    """Record an uploaded blob as a submission + validate job in one transaction, releasing
+    the upload slot ``slot_id`` in it.
 
     Returns ``(submission, created)``. Concurrent identical pushes race on the unique
     constraints; the loser reads the winner's row.
@@ -88,10 +117,13 @@ def create(db: Database, user: Principal, settings: HubSettings, *, sha256: str,
         existing = find_existing(db, user, sha256, key)
         if existing is not None:
             _remember_key(db, user, key, sha256, existing.id)
+            ratelimit.free_slot(db, slot_id)
             return existing, False
         try:
             with db.write() as s:
-                check_daily_limit(s, user, settings)
+                ratelimit.lock_user(s, user.id)
+                ratelimit.release_slot(s, slot_id)
+                check_daily_limit(s, user, settings, pending=ratelimit.live_slots(s, user.id, time.time()))
                 if s.get(Blob, sha256) is None:
                     s.add(Blob(sha256=sha256, size_bytes=size))
                 sub = Submission(user_id=user.id, blob_sha256=sha256, filename=filename[:255], size_bytes=size)

@@ -1,0 +1,48 @@
+"""The ``validate`` job: load one submission and what it is judged against, run the pure
+validation pipeline (``quantgrid.hub.validate.validate_submission``), record the verdict.
+
+Everything that touches the hub's database and storage is here; the pipeline itself only
+sees bytes, the recipe, the hidden sets and the current release directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+
+from quantgrid.hub.server.jobs import JobContext
+from quantgrid.hub.server.models import Adapter, User
+from quantgrid.hub.server.submissions import record_verdict, start_validation
+
+log = logging.getLogger(__name__)
+
+
+def handle_validate_job(ctx: JobContext) -> dict[str, Any]:
+    """Judge submission ``payload["submission_id"]`` and record accept/reject with its report."""
+    from quantgrid.hub.benchmark import hidden_sets
+    from quantgrid.hub.server.releases import release_root
+    from quantgrid.hub.validate import AcceptedAdapter, ValidationConfig, validate_submission
+    from quantgrid.merge.release import ReleaseStore
+
+    settings = ctx.settings
+    sub_id = int(ctx.payload["submission_id"])
+    sub = start_validation(ctx.db, sub_id)
+    if sub.status != "validating":  # already decided by an earlier attempt
+        return {"submission_id": sub_id, "status": sub.status, "skipped": True}
+    blobs = ctx.blobs
+    data = blobs.read_bytes(sub.blob_sha256)
+    with ctx.db.read() as s:
+        rows = s.execute(select(Adapter.id, Adapter.blob_sha256, User.name).join(User, User.id == Adapter.user_id)
+                         .where(Adapter.id != sub_id).order_by(Adapter.id)).all()
+    accepted = [AcceptedAdapter(aid, name, blobs.read_bytes(sha)) for aid, sha, name in rows]
+    release_dir = ReleaseStore(release_root(settings)).current_dir()
+    verdict = validate_submission(
+        data, recipe=settings.recipe, base_path=settings.recipe.base_model, hidden=hidden_sets(settings),
+        accepted=accepted, release_dir=release_dir, config=ValidationConfig.from_settings(settings),
+        progress=lambda msg: (log.info("submission %s: %s", sub_id, msg), ctx.heartbeat()))
+    record_verdict(ctx.db, settings, sub_id, accepted=verdict.accepted, report=verdict.report,
+                   score=verdict.score if verdict.accepted else None, delta_info=verdict.delta_info)
+    return {"submission_id": sub_id, "accepted": verdict.accepted, "stage": verdict.report["stage"],
+            "check": verdict.report["check"]}
