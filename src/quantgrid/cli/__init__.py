@@ -27,18 +27,28 @@ from quantgrid.cli import (
     serve,
     train,
 )
-from quantgrid.cli._common import report_error
+from quantgrid.cli._common import report_error, report_usage_error
 from quantgrid.errors import QuantGridError
 
 
 class _Group(TyperGroup):
-    """Turns every QuantGridError into one clear line plus a hint, never a traceback."""
+    """Turns every QuantGridError, and every flag the parser refuses, into one clear line
+    plus a hint, never a traceback."""
 
     def invoke(self, ctx):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except QuantGridError as e:
             report_error(e)
+            raise typer.Exit(2) from None
+        except typer.TyperException as e:
+            # click's usage errors (exit code 2), raised while a subcommand parses its flags;
+            # "no arguments: show the help" is one of them and keeps its own handling.
+            if getattr(e, "exit_code", None) != 2 or type(e).__name__ == "NoArgsIsHelpError" \
+                    or not hasattr(e, "format_message"):
+                raise
+            sub = getattr(e, "ctx", None)
+            report_usage_error(e.format_message(), sub.command_path if sub is not None else ctx.command_path)
             raise typer.Exit(2) from None
 
 

@@ -84,7 +84,8 @@ def help_text(s: Setting) -> str:
     """The field's description as a sentence, plus its default; escaped for Rich."""
     text = s.description.strip()
     if text:
-        text = text[0].upper() + text[1:]
+        if not text.split()[0].endswith(","):  # "cpu, cuda, ..." stays a list of names
+            text = text[0].upper() + text[1:]
         if not text.endswith((".", "?", ")")):
             text += "."
     shown = _show(s.default()) if s.has_default else None

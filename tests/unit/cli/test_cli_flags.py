@@ -34,7 +34,7 @@ def _options(cmd):
 
 
 def test_the_redesigned_commands_use_generated_flags():
-    assert {"train"} <= set(GENERATED)
+    assert {"train", "serve"} <= set(GENERATED)
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))
@@ -69,6 +69,7 @@ def _bad_values(s):
 # Arguments that satisfy the command's required settings, so the one bad value is the error.
 BASE_ARGS = {
     "train": ["-d", "data.jsonl", "-o", "out"],
+    "serve": ["--base", "b"],
 }
 
 
@@ -101,8 +102,11 @@ def test_every_validation_error_names_a_listed_flag(name, flag, bad, tmp_path, m
     (["train", "-d", "x", "-o", "o", "--per-device-train-batch-size", "0"], "--batch-size"),
     (["train", "-d", "x", "-o", "o", "--gradient-accumulation-steps", "0"], "--grad-accum"),
     (["train", "-d", "x", "-o", "o", "--logging-steps", "0"], "--log-every"),
+    (["serve", "--base", "b", "--router", "magic"], "'--router'"),
+    (["serve", "--base", "b", "--local-timeout", "0"], "--local-timeout"),
 ])
 def test_reported_flag_bugs(args, flag, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, args)
-    assert r.exit_code == 2 and f"{flag}:" in r.output and "hint:" in r.output, r.output
+    assert r.exit_code == 2 and flag in r.output and "hint:" in r.output, r.output
+    assert "router_method" not in r.output and "local_timeout_s" not in r.output

@@ -14,9 +14,11 @@ from quantgrid.cli import app
     (["--base", "b", "--adapter", "a=x", "--adapter", "a=y"], {}, "given twice"),
     (["--base", "b", "--release", "latest"], {}, "needs --hub"),
     (["--base", "b", "--release", "last-week"], {}, "neither a directory"),
-    (["--base", "b", "--router", "magic"], {}, "router_method"),
+    (["--base", "b", "--router", "magic"], {}, "--router"),
+    (["--base", "b", "--local-timeout", "0"], {}, "--local-timeout:"),
     (["--upstream", "nourl"], {"LOCAL_PYTORCH_ENABLED": "false"}, "NAME=URL"),
     ([], {"LOCAL_PYTORCH_ENABLED": "false"}, "no --upstream"),
+    (["--no-local"], {}, "no --upstream"),
 ])
 def test_serve_flag_errors(args, env, message, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
