@@ -91,9 +91,8 @@ def ollama_cmd(
     manifest = adapter / "quantgrid.json"
     recipe = Recipe.from_dict(json.loads(manifest.read_text())["recipe"]) if manifest.is_file() else Recipe(
         base_model=base_id)
-    chat_template = load_tokenizer(base_id).chat_template if recipe.prompt_template == "chat" else None
     write_modelfile(out / "Modelfile", modelfile_for(recipe, from_=from_, adapter="./adapter.gguf",
-                                                     chat_template=chat_template))
+                                                     tokenizer=load_tokenizer(base_id)))
     if trained_in_4bit(adapter):
         err_console.print("[yellow]warning:[/] this adapter was trained on a 4-bit base; Ollama advises "
                           "non-quantized adapters: expect small differences from training-time behaviour")

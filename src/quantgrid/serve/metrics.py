@@ -41,13 +41,20 @@ class _EngineCollector:
 class ServeMetrics:
     def __init__(self, get_engine: Callable):
         self.registry = CollectorRegistry()
-        self.requests = Counter("quantgrid_requests", "requests served", ["api", "backend"], registry=self.registry)
-        self.errors = Counter("quantgrid_request_errors", "requests that failed", ["api", "status"],
-                              registry=self.registry)
+        r = self.registry
+        self.requests = Counter("quantgrid_requests", "requests served", ["api", "backend"], registry=r)
+        self.errors = Counter("quantgrid_request_errors", "requests that failed", ["api", "status"], registry=r)
         self.latency = Histogram("quantgrid_request_seconds", "time to the last token", ["api", "backend"],
-                                 registry=self.registry)
-        self.routed = Counter("quantgrid_routed", "'auto' requests by chosen adapter", ["adapter"],
-                              registry=self.registry)
+                                 registry=r)
+        self.tokens = Counter("quantgrid_tokens", "prompt and completion tokens", ["api", "backend", "kind"],
+                              registry=r)
+        self.routed = Counter("quantgrid_routed", "'auto' requests by chosen adapter", ["adapter"], registry=r)
+        # A/B arms (see serve.ab): requests, latency, tokens and user ratings per arm.
+        self.ab_requests = Counter("quantgrid_ab_requests", "A/B requests per arm", ["arm"], registry=r)
+        self.ab_latency = Histogram("quantgrid_ab_seconds", "A/B time to the last token per arm", ["arm"],
+                                    registry=r)
+        self.ab_tokens = Counter("quantgrid_ab_tokens", "A/B completion tokens per arm", ["arm"], registry=r)
+        self.feedback = Counter("quantgrid_feedback", "ratings received per arm", ["arm", "rating"], registry=r)
         self.registry.register(_EngineCollector(get_engine))
 
     def render(self) -> tuple[bytes, str]:

@@ -40,26 +40,71 @@ def test_modelfile_has_every_directive():
         assert f"PARAMETER {param}" in text
 
 
+def _training_prompt(template: str, tokenizer, question: str, history=(), system=None) -> str:
+    from quantgrid.data.prompts import render
+    from quantgrid.data.types import Example
+
+    meta = {"history": list(history)} if history else {}
+    prompt, _ = render(Example(prompt=question, completion="x", meta=meta),
+                       "qa" if template == "context_qa" else template, tokenizer=tokenizer, system_prompt=system)
+    return prompt.removeprefix("<s>")  # llama.cpp adds the BOS token itself
+
+
 @pytest.mark.parametrize("template", sorted(GO_TEMPLATES))
 def test_go_template_renders_the_training_prompt(template, tiny_base):
     """With no system prompt, Ollama's template must produce the prompt the adapter was trained on."""
-    import re
-
-    from quantgrid.data.prompts import render
-    from quantgrid.data.types import Example
     from quantgrid.ml.models import load_tokenizer
 
+    from .gotemplate import ollama_prompt
+
     question = "What is a bond's duration?"
-    expected, _ = render(Example(prompt=question, completion="x"), "qa" if template == "context_qa" else template,
-                         tokenizer=load_tokenizer(tiny_base), system_prompt=None)
-    go = GO_TEMPLATES[template]
-    # evaluate the tiny Go-template subset we use, with .System empty and one user message
-    go = re.sub(r"\{\{ if \.System \}\}.*?\{\{ end \}\}", "", go, flags=re.S)
-    go = re.sub(r"\{\{ range \.Messages \}\}(.*?)\{\{ end \}\}",
-                lambda m: m.group(1).replace("{{ .Role }}", "user").replace("{{ .Content }}", question), go,
-                flags=re.S)
-    go = go.replace("{{ .Prompt }}", question)
-    assert go == expected.removeprefix("<s>")
+    expected = _training_prompt(template, load_tokenizer(tiny_base), question)
+    assert ollama_prompt(GO_TEMPLATES[template], [{"role": "user", "content": question}]) == expected
+
+
+@pytest.mark.parametrize("template", sorted(GO_TEMPLATES))
+def test_go_template_renders_a_two_turn_conversation_as_training_does(template, tiny_base):
+    """The earlier answer comes back through the template ({{ .Response }} or .Messages), and
+    the whole prompt of the second turn is the text training renders for that history."""
+    from quantgrid.ml.models import load_tokenizer
+
+    from .gotemplate import ollama_prompt
+
+    tok = load_tokenizer(tiny_base)
+    history = [{"role": "user", "content": "What is a coupon?"},
+               {"role": "assistant", "content": "The interest a bond pays."}]
+    question = "And its yield?"
+    system = "You are terse." if template in ("mistral", "chat") else None
+    expected = _training_prompt(template, tok, question, history, system)
+    got = ollama_prompt(GO_TEMPLATES[template], history + [{"role": "user", "content": question}], system=system)
+    assert got == expected
+    assert "The interest a bond pays." in got
+    if template != "alpaca":
+        assert "{{ .Response }}" in GO_TEMPLATES[template]
+
+
+def test_modelfile_stop_words_come_from_the_base_tokenizer(tiny_base):
+    from types import SimpleNamespace
+
+    from quantgrid.ml.models import load_tokenizer
+
+    text = modelfile_for(Recipe(prompt_template="qa"), from_="b.gguf", adapter=None,
+                         tokenizer=load_tokenizer(tiny_base)).render()
+    assert 'PARAMETER stop "</s>"' in text and 'PARAMETER stop "\\nQuestion:"' in text
+    other = SimpleNamespace(eos_token="<|im_end|>", chat_template=None)
+    text = modelfile_for(Recipe(prompt_template="mistral"), from_="b.gguf", adapter=None, tokenizer=other).render()
+    assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "[INST]"' in text and "</s>" not in text
+
+
+def test_modelfile_system_temperature_and_num_ctx_are_settable():
+    from quantgrid.export.ollama import ModelfileSettings
+
+    s = ModelfileSettings(system="Cite the filing.", temperature=0.7, num_ctx=4096)
+    text = modelfile_for(Recipe(prompt_template="qa"), from_="b.gguf", adapter=None, settings=s).render()
+    assert 'SYSTEM """Cite the filing."""' in text
+    assert "PARAMETER temperature 0.7" in text and "PARAMETER num_ctx 4096" in text
+    mistral = modelfile_for(Recipe(prompt_template="mistral"), from_="b.gguf", adapter=None).render()
+    assert f'SYSTEM """{Recipe().system_prompt}"""' in mistral  # the recipe's, for a template trained with it
 
 
 def test_qa_modelfile_has_no_system_line_since_training_had_none():
