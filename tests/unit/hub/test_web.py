@@ -117,3 +117,23 @@ def test_a_notice_cannot_carry_arbitrary_text(client):
     page = client.get("/?notice=Your+account+is+locked,+call+555").text
     assert "call 555" not in page
 
+
+
+def test_releases_page_plots_hidden_loss_by_release_with_notes_and_downloads(client, app):
+    import datetime as dt
+
+    from quantgrid.hub.server.models import Release
+
+    now = dt.datetime(2026, 11, 29, 3, tzinfo=dt.timezone.utc)
+    with app.state.db.write() as s:
+        for i, (version, loss) in enumerate([("2026.47", 2.51234), ("2026.48", 2.40111)]):
+            s.add(Release(version=version, status="published", path="/nowhere", is_current=i == 1,
+                          metrics={"benchmark": {"new": loss}}, notes=f"notes of {version} <b>bold</b>",
+                          published_at=now + dt.timedelta(days=7 * i)))
+        s.add(Release(version="2026.49", status="building", metrics={"benchmark": {"new": 1.0}}))
+    page = client.get("/releases").text
+    assert "<svg" in page and "<polyline" in page and page.count("<circle") == 2  # published ones only
+    assert page.index('id="r-2026.48"') < page.index('id="r-2026.47"')  # sections newest first
+    assert "2026.48 (in service)" in page and "/v1/releases/2026.47/download" in page
+    assert "2.512<" in page and "2.401<" in page and "2.51234" not in page  # rounded to score_decimals
+    assert "&lt;b&gt;bold" in page and "2026.49" not in page
