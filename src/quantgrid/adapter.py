@@ -48,8 +48,11 @@ class Manifest(BaseModel):
     base_model: BaseRef
     non_standard: list[str] = Field(default_factory=list)
     author: str | None = None
+    name: str | None = Field(None, description="the adapter's registry name (lowercase letters, digits, '-')")
+    improves: str | None = Field(None, description="registry name of the adapter this one is a new version of")
     dataset: DatasetInfo = Field(default_factory=DatasetInfo)
     eval: dict[str, Any] | None = None
+    routing: dict[str, Any] | None = Field(None, description="question-word profile for serving's auto routing")
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256")
 
     @property
@@ -70,7 +73,8 @@ def hashed_files(adapter_dir: Path) -> dict[str, str]:
 def write_manifest(adapter_dir: str | Path, *, recipe: Recipe, base_name: str, base_fingerprint: str,
                    standard: Recipe | None = None, author: str | None = None,
                    dataset_description: str | None = None, dataset_fingerprint: dict | None = None,
-                   eval_summary: dict | None = None, previous: Manifest | None = None) -> Manifest:
+                   eval_summary: dict | None = None, previous: Manifest | None = None,
+                   routing: dict | None = None) -> Manifest:
     """Write ``quantgrid.json`` with fresh file hashes. Call it last, after every other file."""
     adapter_dir = Path(adapter_dir)
     m = Manifest(
@@ -85,6 +89,7 @@ def write_manifest(adapter_dir: str | Path, *, recipe: Recipe, base_name: str, b
             fingerprint=dataset_fingerprint or (previous.dataset.fingerprint if previous else {}),
         ),
         eval=eval_summary if eval_summary is not None else (previous.eval if previous else None),
+        routing=routing if routing is not None else (previous.routing if previous else None),
         files=hashed_files(adapter_dir),
     )
     atomic_write_text(adapter_dir / MANIFEST, m.model_dump_json(indent=2))
@@ -107,25 +112,62 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 # ---------------------------------------------------------------- the submission file set
 
-# DESIGN §5: the only entries a submission may hold. Raw data (training/dataset.jsonl)
-# is deliberately not matched: it never leaves the contributor's machine.
-ALLOWED_TOP = frozenset({CONFIG, WEIGHTS, MANIFEST, "README.md"})
+TRAINING_LOG = "training/TRAINING_LOG.md"
+TRAIN_CONFIG = "training/train_config.yaml"
+LOSS_PLOT = "training/loss.png"
+RESULTS = "eval/results.json"
+# Exactly what a submission holds: weights, config, manifest, the training log and plot,
+# the training settings (local paths replaced) and the aggregate eval numbers. Nothing here
+# can hold the contributor's data: datasets, benchmark items, answers and reports stay home.
+SUBMISSION_FILES = frozenset({CONFIG, WEIGHTS, MANIFEST, TRAINING_LOG, TRAIN_CONFIG, LOSS_PLOT, RESULTS})
+# Also accepted from older clients: a README.md model card (the contributor's public text).
+HUB_ACCEPTS = SUBMISSION_FILES | {"README.md"}
 ALLOWED_DIRS = {"training": (".yaml", ".md", ".png"), "eval": (".json", ".jsonl")}
 
 
+def is_submission_file(rel: str) -> bool:
+    """True for a relative posix path a new submission may contain (the hub's stage-1 allowlist)."""
+    return rel in HUB_ACCEPTS
+
+
 def is_allowed_file(rel: str) -> bool:
-    """True for a relative posix path a submission may contain."""
-    if rel in ALLOWED_TOP:
+    """True for a path an already-stored submission may hold (read back by validation and releases).
+
+    Broader than :func:`is_submission_file`: zips accepted before the allowlist was narrowed
+    may still carry eval/*.jsonl; they are read for their weights only.
+    """
+    if rel in HUB_ACCEPTS:
         return True
     parts = rel.split("/")
     return (len(parts) == 2 and parts[0] in ALLOWED_DIRS and parts[1] not in ("", ".", "..")
             and not parts[1].startswith(".") and parts[1].endswith(ALLOWED_DIRS[parts[0]]))
 
 
+def left_out_reason(rel: str) -> str:
+    """Why ``package`` leaves a file of the adapter directory out of the submission."""
+    name = rel.rsplit("/", 1)[-1].lower()
+    if rel in RAW_DATA_FILES or (rel.startswith("training/") and name.endswith((".jsonl", ".json", ".csv"))):
+        return "your training data: it never leaves this machine"
+    if name == "benchmark.jsonl" or (rel.startswith("eval/") and name.endswith((".jsonl", ".csv"))):
+        return "your benchmark items: held-out data stays on this machine"
+    if rel.startswith("eval/") and name.endswith(".md"):
+        return "the report quotes benchmark items and generated answers"
+    if rel.startswith("eval/") and name.endswith(".json"):
+        return "a separate eval run's full results (the adapter's numbers go in as eval/results.json)"
+    if rel == "README.md":
+        return "free text; the hub shows the manifest's one-line dataset description instead"
+    if rel.startswith("checkpoints/") or "/checkpoint" in rel:
+        return "training checkpoints (optimizer state, not part of an adapter)"
+    if name.startswith("."):
+        return "a hidden file"
+    return "not one of the files a submission holds"
+
+
 def submission_files(adapter_dir: str | Path) -> tuple[list[str], list[str]]:
     """(files to package, files left out) of an adapter directory, as sorted relative paths.
 
-    Left out: raw data, anything off the allowlist, symlinks and hidden files.
+    Kept: :data:`SUBMISSION_FILES` that are plain files. Left out: everything else,
+    including symlinks (see :func:`left_out_reason`).
     """
     adapter_dir = Path(adapter_dir)
     keep, leave = [], []
@@ -133,36 +175,39 @@ def submission_files(adapter_dir: str | Path) -> tuple[list[str], list[str]]:
         rel = p.relative_to(adapter_dir).as_posix()
         if p.is_dir() and not p.is_symlink():
             continue
-        if p.is_file() and not p.is_symlink() and is_allowed_file(rel) and rel not in RAW_DATA_FILES:
+        if p.is_file() and not p.is_symlink() and rel in SUBMISSION_FILES:
             keep.append(rel)
         else:
             leave.append(rel)
     return keep, leave
 
 
-def build_submission_zip(adapter_dir: str | Path, out_path: str | Path, manifest: Manifest) -> Path:
-    """Write the zip atomically: the allowed files plus ``manifest`` (which must hash exactly them).
+def write_zip(out_path: str | Path, contents: dict[str, bytes]) -> Path:
+    """Write ``contents`` as a zip atomically: deflated, sorted, with a fixed timestamp.
 
-    Entries are deflated, in sorted order, with a fixed timestamp, so the same adapter
-    gives the same bytes (and so the same sha256) every time.
+    So the same contents give the same bytes (and so the same sha256) every time.
     """
     import zipfile
 
     from quantgrid.utils import atomic_path
 
-    adapter_dir = Path(adapter_dir)
-    names = sorted(manifest.files)
     with atomic_path(out_path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for rel in names:
+        for rel in sorted(contents):
             info = zipfile.ZipInfo(rel, date_time=(2020, 1, 1, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o100644 << 16
-            zf.writestr(info, (adapter_dir / rel).read_bytes())
-        info = zipfile.ZipInfo(MANIFEST, date_time=(2020, 1, 1, 0, 0, 0))
-        info.compress_type = zipfile.ZIP_DEFLATED
-        info.external_attr = 0o100644 << 16
-        zf.writestr(info, manifest.model_dump_json(indent=2))
+            zf.writestr(info, contents[rel])
     return Path(out_path)
+
+
+def build_submission_zip(adapter_dir: str | Path, out_path: str | Path, manifest: Manifest,
+                         contents: dict[str, bytes] | None = None) -> Path:
+    """Write the zip: the manifest's files (from ``contents``, else the directory) plus ``manifest``."""
+    adapter_dir = Path(adapter_dir)
+    contents = contents or {}
+    body = {rel: contents[rel] if rel in contents else (adapter_dir / rel).read_bytes() for rel in manifest.files}
+    body[MANIFEST] = manifest.model_dump_json(indent=2).encode()
+    return write_zip(out_path, body)
 
 
 # ---------------------------------------------------------------- stage 1: static checks
@@ -387,6 +432,31 @@ def check_manifest(files: dict[str, bytes], base: BaseShape | None) -> Manifest:
     return manifest
 
 
+def check_private(files: dict[str, bytes]) -> None:
+    """Reject entries that still hold the contributor's private content (paths, free text).
+
+    The allowlist keeps datasets and reports out; this catches a settings file, log or
+    results file written by an old or modified client with local paths or quoted items in it.
+    """
+    from quantgrid.eval.results import EvalSummary
+    from quantgrid.privacy import looks_like_path, private_content
+
+    hint = "package it with a current `quantgrid package`, which writes public copies of these files"
+    for name in sorted(files):
+        if name in (TRAIN_CONFIG, TRAINING_LOG, RESULTS, "README.md"):
+            why = private_content(name, files[name])
+            if why:
+                raise _fail("archive.private", f"{name} {why}", hint)
+    try:
+        manifest = json.loads(files[MANIFEST].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return  # check_manifest reports it
+    summary = EvalSummary.from_manifest(manifest.get("eval") if isinstance(manifest, dict) else None)
+    if summary is not None and summary.benchmark and looks_like_path(summary.benchmark):
+        raise _fail("manifest.private", f"quantgrid.json names the local benchmark file {summary.benchmark[:60]!r}",
+                    hint)
+
+
 def check_submission(data: bytes, recipe: Recipe, base: BaseShape,
                      limits: StaticLimits | None = None) -> CheckedSubmission:
     """Stage 1, the entry point for untrusted bytes: a CheckedSubmission or a ValidationError.
@@ -399,13 +469,14 @@ def check_submission(data: bytes, recipe: Recipe, base: BaseShape,
 
     limits = limits or StaticLimits()
     caps = Caps(**limits.caps)
-    files = read_zip(data, allowed=is_allowed_file, caps=caps, allowed_dirs=frozenset(ALLOWED_DIRS))
+    files = read_zip(data, allowed=is_submission_file, caps=caps, allowed_dirs=frozenset(ALLOWED_DIRS))
     for name in REQUIRED_FILES:
         if name not in files:
             raise _fail("archive.missing", f"the archive has no {name}", "build it with `quantgrid package`")
     for name, body in files.items():
         if name.endswith(".png") and not body.startswith(b"\x89PNG\r\n\x1a\n"):
             raise _fail("archive.content", f"{name} is not a PNG image")
+    check_private(files)
     manifest = check_manifest(files, base)
     config = _json_entry(files, CONFIG, "config.invalid")
     notes = check_adapter_config(config, recipe, base)

@@ -153,8 +153,8 @@ def overlap_bomb() -> bytes:
     body = np.random.default_rng(0).bytes(200_000)
     block = RawEntry("eval/results.json", deflate(body), len(body), zlib.crc32(body))
     entries = _entries(files) + [block]
-    aliases = [RawEntry(f"eval/r{i}.json", block.data, block.usize, block.crc, alias_of=block.name)
-               for i in range(5)]
+    aliases = [RawEntry(name, block.data, block.usize, block.crc, alias_of=block.name)
+               for name in ("training/TRAINING_LOG.md", "training/train_config.yaml", "training/loss.png")]
     return raw_zip(entries + aliases, locals_=entries)
 
 
@@ -171,7 +171,7 @@ def real_deflate_bomb(size: int = 64 << 20) -> bytes:
     """A 64 MB run of zeros deflated to ~64 KB, named like an allowed eval file."""
     zeros = b"\0" * size
     files = good_files()
-    ents = _entries(files) + [RawEntry("eval/big.json", deflate(zeros), size, zlib.crc32(zeros))]
+    ents = _entries(files) + [RawEntry("eval/results.json", deflate(zeros), size, zlib.crc32(zeros))]
     return raw_zip(ents)
 
 
@@ -179,7 +179,7 @@ def lying_size_bomb() -> bytes:
     """Declares a small size but the deflate stream expands far beyond it."""
     zeros = b"\0" * (32 << 20)
     files = good_files()
-    ents = _entries(files) + [RawEntry("eval/lie.json", deflate(zeros), 1000, zlib.crc32(zeros))]
+    ents = _entries(files) + [RawEntry("eval/results.json", deflate(zeros), 1000, zlib.crc32(zeros))]
     return raw_zip(ents)
 
 
@@ -288,10 +288,10 @@ KINDS: dict[str, tuple[Callable[[str], bytes], str]] = {
                        "archive.duplicate"),
     "duplicate_case": (lambda c: zip_bytes({**good_files(), "readme.md": b"x"}), "archive.duplicate"),
     "encrypted": (lambda c: encrypted_entry(), "archive.encrypted"),
-    "nested_zip": (lambda c: zip_bytes(good_files(extra={"eval/inner.json": good_submission()})), "archive.nested"),
+    "nested_zip": (lambda c: zip_bytes(good_files(extra={"eval/results.json": good_submission()})), "archive.nested"),
     "nested_zip_by_name": (lambda c: zip_bytes({**good_files(), "eval/inner.zip": good_submission()}),
                            "archive.not_allowed"),
-    "nested_gzip": (lambda c: zip_bytes(good_files(extra={"training/notes.md": b"\x1f\x8b\x08\x00" + b"\0" * 20})),
+    "nested_gzip": (lambda c: zip_bytes(good_files(extra={"training/TRAINING_LOG.md": b"\x1f\x8b\x08\x00" + b"\0" * 20})),
                     "archive.nested"),
     "overlap_bomb": (lambda c: overlap_bomb(), "archive.overlap"),
     "claimed_4gb": (lambda c: claimed_huge_bomb(), "archive.bomb"),

@@ -17,6 +17,7 @@ from quantgrid.adapter import (
     check_submission,
     expected_lora_shapes,
     is_allowed_file,
+    is_submission_file,
 )
 from quantgrid.errors import ValidationError
 from quantgrid.safetensors_check import parse_header, tensor_view
@@ -30,8 +31,20 @@ from quantgrid.safetensors_check import parse_header, tensor_view
     ("eval/sub/results.json", False), ("training/.hidden.md", False), ("other/README.md", False),
     ("readme.md", False), ("checkpoint-10/adapter_model.safetensors", False), ("eval/..json", False),
 ])
-def test_allowlist(name, ok):
+def test_allowlist_of_stored_submissions(name, ok):
     assert is_allowed_file(name) is ok
+
+
+@pytest.mark.parametrize("name,ok", [
+    ("adapter_config.json", True), ("adapter_model.safetensors", True), ("quantgrid.json", True),
+    ("README.md", True), ("training/train_config.yaml", True), ("training/TRAINING_LOG.md", True),
+    ("training/loss.png", True), ("eval/results.json", True),
+    # the contributor's text: never in a new submission
+    ("eval/benchmark.jsonl", False), ("eval/REPORT.md", False), ("eval/base_results.json", False),
+    ("eval/ood_results.json", False), ("training/dataset.jsonl", False), ("training/notes.md", False),
+])
+def test_allowlist_of_new_submissions(name, ok):
+    assert is_submission_file(name) is ok
 
 
 def test_adapter_module_imports_without_torch():
@@ -112,11 +125,13 @@ def test_a_real_peft_adapter_passes_stage_1(tiny_base, tmp_path):
     peft_model.save_pretrained(out)
     info = base_info(tiny_base)
     write_manifest(out, recipe=recipe, base_name=info.name, base_fingerprint=info.fingerprint)
-    zpath = build_submission_zip(out, tmp_path / "s.zip", read_manifest(out).model_copy(
-        update={"files": hashed_files(out)}))
+    # PEFT's model card names the base by its local path: the hub refuses it, package leaves it out.
+    assert "archive.private" == _stage1_check(build_submission_zip(out, tmp_path / "card.zip", read_manifest(
+        out).model_copy(update={"files": hashed_files(out)})), recipe, tiny_base)
+    files = {f: h for f, h in hashed_files(out).items() if f != "README.md"}
+    zpath = build_submission_zip(out, tmp_path / "s.zip", read_manifest(out).model_copy(update={"files": files}))
     with zipfile.ZipFile(zpath) as zf:
-        assert sorted(zf.namelist()) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
-                                         "quantgrid.json"]
+        assert sorted(zf.namelist()) == ["adapter_config.json", "adapter_model.safetensors", "quantgrid.json"]
     checked = check_submission(zpath.read_bytes(), recipe, BaseShape.from_dir(tiny_base))
     assert len(checked.tensor_norms) == 2 * 4 * 2
     # And the wrong rank for the same base is caught on the config, before the weights.
@@ -124,3 +139,11 @@ def test_a_real_peft_adapter_passes_stage_1(tiny_base, tmp_path):
         check_submission(zpath.read_bytes(), recipe.model_copy(update={"lora": recipe.lora.model_copy(
             update={"r": 8})}), BaseShape.from_dir(tiny_base))
     assert err.value.check == "config.rank"
+
+
+def _stage1_check(zpath, recipe, base_dir) -> str | None:
+    try:
+        check_submission(zpath.read_bytes(), recipe, BaseShape.from_dir(base_dir))
+    except ValidationError as e:
+        return e.check
+    return None

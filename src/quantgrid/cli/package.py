@@ -17,7 +17,8 @@ def package(
         "--dataset-desc", help="One sentence on the training data (never the data itself).")],
     out: Annotated[Path, typer.Option("--out", help="Directory to write the zip into.")] = Path("."),
 ) -> None:
-    """Package an adapter as quantgrid_submission_<ts>.zip: allowlisted files only, no raw data.
+    """Package an adapter as quantgrid_submission_<ts>.zip: weights, config, manifest, training log and
+    aggregate eval numbers only; prints every file left out and why.
 
     Prints READY FOR UPLOAD!, the file name and its sha256; then `quantgrid push FILE`.
     """
@@ -28,13 +29,8 @@ def package(
     console.print(f"File: {result.path.name}", highlight=False)
     console.print(f"Hash: {result.sha256}", highlight=False)
     console.print(f"[dim]{len(result.files)} files in {result.path}[/]", highlight=False)
-    raw = [f for f in result.left_out if f.startswith("training/dataset")]
-    other = [f for f in result.left_out if f not in raw]
-    if raw:
-        console.print(f"Left out raw training data (never uploaded): {', '.join(raw)}", highlight=False)
-    if other:
-        console.print(f"Left out {len(other)} file(s) not on the submission allowlist: "
-                      f"{', '.join(other[:8])}{' ...' if len(other) > 8 else ''}", highlight=False)
+    for line in result.summary_lines()[1:]:
+        console.print(line, highlight=False, markup=False)
     if result.stale:
         console.print(f"[yellow]warning:[/] changed since the manifest was written: {', '.join(result.stale)}",
                       highlight=False)
@@ -43,8 +39,9 @@ def package(
 def check(
     adapter_dir: Annotated[Path, typer.Argument(help="The adapter directory to check before packaging.")],
 ) -> None:
-    """Run the contributor checklist: files, >= 500 examples, a clean >= 50-item benchmark,
-    an improvement, the out-of-domain check, and documented data sources.
+    """Run the contributor checklist: files, >= 500 examples supplied, a clean >= 50-item benchmark,
+    an improvement, the out-of-domain check, documented data sources, a copyright declaration
+    and a complete registry entry.
 
     Exits 1 when any item fails.
     """

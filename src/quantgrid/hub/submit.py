@@ -13,8 +13,9 @@ Torch-free, like ``quantgrid.adapter``.
 from __future__ import annotations
 
 import json
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,17 @@ from quantgrid.adapter import (
     MANIFEST,
     RAW_DATA_FILES,
     REQUIRED_FILES,
+    TRAIN_CONFIG,
     WEIGHTS,
     Manifest,
     build_submission_zip,
     hashed_files,
-    is_allowed_file,
+    is_submission_file,
+    left_out_reason,
     read_manifest,
     submission_files,
 )
-from quantgrid.errors import ValidationError
+from quantgrid.errors import DataError, ValidationError
 from quantgrid.utils import sha256_bytes, sha256_file
 
 MIN_TRAIN_EXAMPLES = 500
@@ -49,6 +52,17 @@ class PreparedSubmission:
     files: list[str]
     left_out: list[str]
     stale: list[str]  # files that changed since the adapter's manifest was written
+    reasons: dict[str, str] = field(default_factory=dict)  # left-out file -> why
+    reduced: dict[str, str] = field(default_factory=dict)  # packaged file -> what was removed from it
+
+    def summary_lines(self) -> list[str]:
+        """What went in, what was left out and why, and what was reduced: for people."""
+        lines = [f"Packaged {len(self.files)} files: {', '.join(self.files)}"]
+        for rel, how in self.reduced.items():
+            lines.append(f"Reduced {rel}: {how}")
+        for rel in self.left_out:
+            lines.append(f"Left out {rel}: {self.reasons.get(rel, 'not part of a submission')}")
+        return lines
 
 
 def _say(quiet: bool, *lines: str) -> None:
@@ -63,9 +77,69 @@ def prepare_submission(adapter_dir: str | Path, author_name: str, dataset_desc: 
     return package(adapter_dir, author_name, dataset_desc, out_dir, quiet=quiet).path
 
 
+def public_contents(adapter_dir: Path, files: list[str]) -> tuple[dict[str, bytes], dict[str, str], dict[str, str]]:
+    """The bytes each packaged file goes in with: (contents, reduced: rel -> how, dropped: rel -> why).
+
+    train_config.yaml and TRAINING_LOG.md lose every local path; results.json keeps only
+    its aggregate numbers. A file that cannot be made public is dropped, with the reason.
+    """
+    import yaml
+
+    from quantgrid.privacy import local_paths, public_results, public_train_config, redact_text
+
+    contents, reduced, dropped = {}, {}, {}
+    cfg_text = (adapter_dir / TRAIN_CONFIG).read_text(encoding="utf-8") if TRAIN_CONFIG in files else ""
+    try:
+        cfg = yaml.safe_load(cfg_text) if cfg_text else {}
+    except yaml.YAMLError:
+        cfg = None
+    paths = local_paths(cfg if isinstance(cfg, dict) else None, adapter_dir)
+    for rel in files:
+        raw = (adapter_dir / rel).read_bytes()
+        if rel == TRAIN_CONFIG:
+            try:
+                text, n = public_train_config(cfg_text, adapter_dir)
+            except (ValueError, yaml.YAMLError):
+                dropped[rel] = "not a readable YAML mapping, so its paths cannot be removed"
+                continue
+            contents[rel] = text.encode()
+            if n:
+                reduced[rel] = f"{n} local path(s) replaced by <local path>"
+        elif rel == TRAINING_LOG:
+            text, n = redact_text(raw.decode("utf-8", errors="replace"), paths)
+            contents[rel] = text.encode()
+            if n:
+                reduced[rel] = f"{n} local path(s) replaced by <local path>"
+        elif rel == RESULTS_FILE:
+            try:
+                contents[rel] = public_results(raw.decode("utf-8", errors="replace")).encode()
+            except DataError as e:
+                dropped[rel] = f"{e.message}; re-run `quantgrid eval`"
+                continue
+            reduced[rel] = "aggregate numbers only (no warnings, diagnoses, benchmark or adapter names)"
+        else:
+            contents[rel] = raw
+    return contents, reduced, dropped
+
+
+def _public_manifest(m: Manifest, contents: dict[str, bytes]) -> Manifest:
+    """The manifest as submitted: the eval summary from the public results, no local base path."""
+    from quantgrid.eval.results import EvalResults, EvalSummary
+    from quantgrid.privacy import looks_like_path
+
+    update: dict[str, Any] = {}
+    if RESULTS_FILE in contents:
+        update["eval"] = EvalSummary.of(EvalResults.model_validate_json(contents[RESULTS_FILE])).model_dump(mode="json")
+    elif m.eval is not None:
+        update["eval"] = None  # a summary of results that are not in the package
+    if looks_like_path(m.base_model.name):
+        update["base_model"] = m.base_model.model_copy(update={"name": m.recipe.get("base_model", "local base")})
+    return m.model_copy(update=update)
+
+
 def package(adapter_dir: str | Path, author_name: str, dataset_desc: str, out_dir: str | Path = ".",
             *, quiet: bool = False) -> PreparedSubmission:
-    """``prepare_submission`` with the details: which files went in, which were left out."""
+    """``prepare_submission`` with the details: which files went in, which were left out and why."""
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise ValidationError(f"adapter directory not found: {adapter_dir}",
@@ -82,28 +156,26 @@ def package(adapter_dir: str | Path, author_name: str, dataset_desc: str, out_di
                               check="package")
     old = read_manifest(adapter_dir)
     files, left_out = submission_files(adapter_dir)
+    files = [f for f in files if f != MANIFEST]
     # A file edited after training is worth a warning: the manifest's hash was the record.
     current = hashed_files(adapter_dir)
     stale = sorted(f for f in files if f in old.files and old.files[f] != current.get(f))
-    manifest = old.model_copy(update={
+    contents, reduced, dropped = public_contents(adapter_dir, files)
+    reasons = {f: left_out_reason(f) for f in left_out if f != MANIFEST} | dropped
+    left_out = sorted(reasons)
+    manifest = _public_manifest(old, contents).model_copy(update={
         "author": author_name.strip(),
         "dataset": old.dataset.model_copy(update={"description": dataset_desc.strip()}),
-        "files": {f: current[f] if f in current else sha256_file(adapter_dir / f) for f in files if f != MANIFEST},
+        "files": {f: sha256_bytes(b) for f, b in sorted(contents.items())},
     })
     out = Path(out_dir) / f"quantgrid_submission_{int(time.time())}.zip"
-    build_submission_zip(adapter_dir, out, manifest)
+    build_submission_zip(adapter_dir, out, manifest, contents)
     digest = sha256_file(out)
-    raw = [f for f in left_out if f in RAW_DATA_FILES]
-    other = [f for f in left_out if f not in RAW_DATA_FILES and f != MANIFEST]
-    _say(quiet, "READY FOR UPLOAD!", f"File: {out.name}", f"Hash: {digest}")
-    if raw:
-        _say(quiet, f"Left out raw training data (never uploaded): {', '.join(raw)}")
-    if other:
-        _say(quiet, f"Left out {len(other)} file(s) not on the submission allowlist: {', '.join(other[:8])}"
-                    + (" ..." if len(other) > 8 else ""))
+    result = PreparedSubmission(out, digest, [*sorted(contents), MANIFEST], left_out, stale, reasons, reduced)
+    _say(quiet, "READY FOR UPLOAD!", f"File: {out.name}", f"Hash: {digest}", *result.summary_lines())
     if stale:
         _say(quiet, f"warning: changed since the manifest was written: {', '.join(stale)}")
-    return PreparedSubmission(out, digest, [f for f in files if f != MANIFEST] + [MANIFEST], left_out, stale)
+    return result
 
 
 def verify_submission(path: str | Path, expected_sha256: str | None = None) -> Manifest:
@@ -122,10 +194,13 @@ def verify_submission(path: str | Path, expected_sha256: str | None = None) -> M
     if expected_sha256 and sha256_bytes(data) != expected_sha256.lower():
         raise ValidationError(f"{path.name} has sha256 {sha256_bytes(data)}, not {expected_sha256}",
                               hint="the file changed or is incomplete; package it again", check="package.hash")
-    files = read_zip(data, allowed=is_allowed_file, allowed_dirs=frozenset(ALLOWED_DIRS))
+    from quantgrid.adapter import check_private
+
+    files = read_zip(data, allowed=is_submission_file, allowed_dirs=frozenset(ALLOWED_DIRS))
     for name in REQUIRED_FILES:
         if name not in files:
             raise ValidationError(f"{path.name} has no {name}", hint="package it again", check="archive.missing")
+    check_private(files)
     return check_manifest(files, None)
 
 
@@ -142,12 +217,16 @@ class CheckItem:
         return f"{'✓' if self.ok else '✗'} {self.name}: {self.reason}"
 
 
-def _load_json(path: Path) -> dict[str, Any] | None:
+def _load_results(path: Path) -> tuple[Any, str | None]:
+    """(EvalResults or None, why it could not be read)."""
+    from quantgrid.eval.results import EvalResults
+
+    if not path.is_file():
+        return None, f"{RESULTS_FILE} is missing (run `quantgrid eval --write-into-adapter`)"
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+        return EvalResults.read(path), None
+    except DataError as e:
+        return None, e.message
 
 
 def _files_present(d: Path) -> CheckItem:
@@ -160,15 +239,38 @@ def _files_present(d: Path) -> CheckItem:
     return CheckItem("files", True, f"{', '.join(needed)} present{extra}")
 
 
-def _fingerprint(m: Manifest | None) -> CheckItem:
-    fp = (m.dataset.fingerprint if m else None) or {}
-    n = fp.get("n_examples")
-    if not isinstance(n, int):
-        return CheckItem("training data", False, "the manifest has no dataset fingerprint with n_examples")
+_RECORDS_READ = re.compile(r"Records read:\s*([\d,]+);\s*skipped as invalid:\s*([\d,]+)")
+
+
+def supplied_examples(d: Path, m: Manifest | None) -> tuple[int | None, str]:
+    """How many examples the contributor supplied, before any eval split: (count, where it was read)."""
+    raw = d / RAW_DATA_FILES[0]
+    if raw.is_file():
+        from quantgrid.data import load_examples
+
+        try:
+            return len(load_examples(raw)), RAW_DATA_FILES[0]
+        except Exception:  # noqa: BLE001 - an unreadable dataset falls back to the training log
+            pass
+    log = d / TRAINING_LOG
+    if log.is_file():
+        found = _RECORDS_READ.search(log.read_text(encoding="utf-8", errors="replace"))
+        if found:
+            n_read, n_bad = (int(g.replace(",", "")) for g in found.groups())
+            return n_read - n_bad, TRAINING_LOG
+    n = ((m.dataset.fingerprint if m else None) or {}).get("n_examples")
+    return (n, "the manifest's fingerprint (after the eval split)") if isinstance(n, int) else (None, "")
+
+
+def _fingerprint(d: Path, m: Manifest | None) -> CheckItem:
+    n, where = supplied_examples(d, m)
+    if n is None:
+        return CheckItem("training data", False, "no example count: the manifest has no dataset fingerprint and "
+                                                 f"{TRAINING_LOG} records no `Records read`")
     if n < MIN_TRAIN_EXAMPLES:
-        return CheckItem("training data", False, f"{n} training examples; at least {MIN_TRAIN_EXAMPLES} are needed")
-    unique = fp.get("n_unique", n)
-    return CheckItem("training data", True, f"{n} training examples ({unique} unique)")
+        return CheckItem("training data", False, f"{n} training examples ({where}); at least "
+                                                 f"{MIN_TRAIN_EXAMPLES} are needed")
+    return CheckItem("training data", True, f"{n} training examples supplied ({where})")
 
 
 def _read_jsonl(path: Path) -> list[dict] | None:
@@ -179,108 +281,139 @@ def _read_jsonl(path: Path) -> list[dict] | None:
     return rows
 
 
-def _leakage_record(results: dict | None, m: Manifest | None) -> dict | None:
-    """A leakage summary recorded by train/eval, wherever it was put."""
-    for src in ((results or {}).get("leakage"), ((m.eval or {}) if m else {}).get("leakage"),
-                (m.dataset.fingerprint if m else {}).get("leakage")):
-        if isinstance(src, dict):
-            return src
-    return None
+def _benchmark(d: Path, results: Any, m: Manifest | None) -> CheckItem:
+    from quantgrid.data import fingerprint, load_examples
 
-
-def _benchmark(d: Path, results: dict | None, m: Manifest | None) -> CheckItem:
     name = "held-out benchmark"
     rows = _read_jsonl(d / BENCHMARK_FILE) if (d / BENCHMARK_FILE).is_file() else None
     if rows is None:
         return CheckItem(name, False, f"{BENCHMARK_FILE} is missing or not valid JSONL")
     if len(rows) < MIN_BENCHMARK_ITEMS:
         return CheckItem(name, False, f"{len(rows)} items; at least {MIN_BENCHMARK_ITEMS} are needed")
+    bench = load_examples(d / BENCHMARK_FILE)
+    bench_sha = fingerprint(bench)["sha256"]
+    train_sha = ((m.dataset.fingerprint if m else None) or {}).get("sha256")
+    if train_sha and train_sha == bench_sha:
+        return CheckItem(name, False, "the benchmark is the training set (same dataset fingerprint)")
     raw = d / RAW_DATA_FILES[0]
     if raw.is_file():
-        # The contributor opted in to keeping the data here, so check it directly.
-        from quantgrid.data import load_examples
+        # The data is here (LocoLLM's layout), so check every item directly.
         from quantgrid.data.split import find_leakage
 
-        leaks = find_leakage(load_examples(raw), load_examples(d / BENCHMARK_FILE))
+        leaks = find_leakage(load_examples(raw), bench)
         if not leaks.clean:
             return CheckItem(name, False, f"{len(leaks.leaked_bench)} of {len(rows)} items overlap the training data "
                                           f"({len(leaks.exact)} exact, {len(leaks.near)} near)")
-        return CheckItem(name, True, f"{len(rows)} items, no overlap with {raw.name}")
-    rec = _leakage_record(results, m)
-    if rec is not None:
-        leaked = rec.get("leaked_bench_items", (rec.get("exact") or 0) + (rec.get("near") or 0))
-        if leaked:
-            return CheckItem(name, False, f"{leaked} of {len(rows)} items leak from the training data")
-        return CheckItem(name, True, f"{len(rows)} items, leakage check clean")
-    # `quantgrid eval` writes its overlap findings into results.json's warnings.
-    warned = [w for w in (results or {}).get("warnings", []) if isinstance(w, str) and "training" in w]
-    if warned:
-        return CheckItem(name, False, warned[0])
-    from quantgrid.data import fingerprint, load_examples
-
-    train_sha = ((m.dataset.fingerprint if m else None) or {}).get("sha256")
-    if train_sha and train_sha == fingerprint(load_examples(d / BENCHMARK_FILE))["sha256"]:
-        return CheckItem(name, False, "the benchmark is the training set (same dataset fingerprint)")
+        return CheckItem(name, True, f"{len(rows)} items, no exact or near overlap with {RAW_DATA_FILES[0]}")
     if results is None:
         return CheckItem(name, False, f"{len(rows)} items, but no leakage check is recorded (run `quantgrid eval`)")
+    if results.overlap.leaks:
+        return CheckItem(name, False, f"`quantgrid eval` found {results.overlap.n_overlapping or 'all'} of "
+                                      f"{results.n_examples} items in the training data")
+    if results.benchmark_fingerprint and results.benchmark_fingerprint != bench_sha:
+        return CheckItem(name, False, f"{RESULTS_FILE} was measured on a different benchmark than {BENCHMARK_FILE} "
+                                      "(fingerprints differ): re-run `quantgrid eval` on it")
+    if results.overlap.checked_per_item:
+        return CheckItem(name, True, f"{len(rows)} items; `quantgrid eval` found no overlap, item by item")
     return CheckItem(name, True, f"{len(rows)} items; `quantgrid eval` found no leakage (whole-set fingerprint; "
-                                 f"keep {RAW_DATA_FILES[0]} for a per-item check)")
+                                 f"keep {RAW_DATA_FILES[0]} or pass --train-data for a per-item check)")
 
 
-def _nats(v: object) -> float:
-    """A loss as results.json records it: a number, or {"mean_nats_per_token": x, ...}."""
-    if isinstance(v, dict):
-        v = v.get("mean_nats_per_token")
-    return float(v) if isinstance(v, (int, float)) else float("nan")
-
-
-def _improvement(results: dict | None) -> CheckItem:
+def _improvement(results: Any, why: str | None) -> CheckItem:
     name = "improvement"
     if results is None:
-        return CheckItem(name, False, f"{RESULTS_FILE} is missing or not JSON (run `quantgrid eval`)")
-    loss = results.get("loss") or {}
-    delta = loss.get("delta") if isinstance(loss, dict) else None
-    if isinstance(delta, (int, float)):
-        if delta < 0:
-            return CheckItem(name, True, f"loss {_nats(loss.get('base')):.4f} -> "
-                                         f"{_nats(loss.get('adapter')):.4f} nats/token ({delta:+.4f})")
-        return CheckItem(name, False, f"the adapter's loss is not lower than the base's ({delta:+.4f} nats/token)")
-    imp = results.get("improvement")
-    if isinstance(imp, (int, float)):
-        return CheckItem(name, imp > 0, f"{results.get('metric', 'score')} improvement {imp:+.4f}")
-    return CheckItem(name, False, f"{RESULTS_FILE} records no loss delta or improvement")
+        return CheckItem(name, False, why or f"{RESULTS_FILE} is missing")
+    if results.adapter is None or results.loss.adapter is None:
+        return CheckItem(name, False, f"{RESULTS_FILE} is a base-only run; evaluate the adapter "
+                                      "(`quantgrid eval --adapter DIR --write-into-adapter`)")
+    delta = results.loss.delta
+    if delta is None or delta >= 0:
+        return CheckItem(name, False, "the adapter's loss is not lower than the base's"
+                         + (f" ({delta:+.4f} nats/token)" if delta is not None else ""))
+    better = "higher" if results.higher_is_better else "lower"
+    primary = "" if results.metric == "loss" or results.improvement is None else \
+        f"; {results.metric} ({better} is better) improvement {results.improvement:+.1%}"
+    if results.metric != "loss" and results.adapter_better is False:
+        return CheckItem(name, False, f"the loss fell but the primary metric {results.metric} got worse{primary}")
+    return CheckItem(name, True, f"loss {results.base_loss:.4f} -> {results.adapter_loss:.4f} nats/token "
+                                 f"({delta:+.4f}){primary}")
 
 
-def _ood(results: dict | None) -> CheckItem:
+def _ood(results: Any) -> CheckItem:
     name = "out-of-domain check"
-    ood = (results or {}).get("ood")
-    if not ood:
-        return CheckItem(name, False, "results.json has no `ood` section (run `quantgrid eval`, which includes it)")
-    if isinstance(ood, dict):
-        bits = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in ood.items()
-                if isinstance(v, (int, float, str, bool)) and k in ("delta", "base", "adapter", "passed", "n")]
-        if ood.get("passed") is False:
-            return CheckItem(name, False, "ran, and the general-domain loss rose: " + ", ".join(bits))
-        return CheckItem(name, True, "ran: " + (", ".join(bits) or "recorded"))
-    return CheckItem(name, True, "ran")
+    if results is None or results.ood is None:
+        return CheckItem(name, False, f"{RESULTS_FILE} has no out-of-domain result (run `quantgrid eval` without "
+                                      "`--ood none`)")
+    o = results.ood
+    change = f"{o.relative_change:+.1%}" if o.relative_change is not None else "n/a"
+    if not o.passed:
+        return CheckItem(name, False, f"the general-domain loss rose {change} on {o.benchmark} (allowed: "
+                                      f"+{o.threshold:.0%})")
+    return CheckItem(name, True, f"general-domain loss change {change} on {o.benchmark} (allowed: +{o.threshold:.0%})")
 
 
-_SOURCE_WORDS = ("source", "dataset", "data:", "data from", "collected", "builtin:", ".jsonl", ".json", "licen")
+# A section the contributor wrote: a heading naming the data's sources or its provenance.
+_SOURCES_HEADING = re.compile(r"^#{1,6}\s*(data sources?|sources of (the )?data|data provenance|"
+                              r"synthetic[- ]data provenance)\s*$", re.I | re.M)
+_COPYRIGHT_HEADING = re.compile(r"^#{1,6}\s*(copyright|licen[cs]e|data licen[cs]e|rights)\b.*$", re.I | re.M)
+MIN_SECTION_WORDS = 5
 
 
-def _training_log(d: Path) -> CheckItem:
-    name = "TRAINING_LOG.md"
+def _section(text: str, heading: re.Pattern[str]) -> str | None:
+    """The body of the first section whose heading matches, up to the next heading of any level."""
+    m = heading.search(text)
+    if m is None:
+        return None
+    rest = text[m.end():]
+    nxt = re.search(r"^#{1,6}\s", rest, re.M)
+    return (rest[: nxt.start()] if nxt else rest).strip()
+
+
+def _words(text: str) -> int:
+    return len(re.findall(r"[A-Za-z]{2,}", text))
+
+
+def _data_sources(d: Path) -> CheckItem:
+    name = "data sources documented"
     p = d / TRAINING_LOG
     if not p.is_file():
         return CheckItem(name, False, f"{TRAINING_LOG} is missing")
-    text = p.read_text(encoding="utf-8", errors="replace").lower()
-    if not any(w in text for w in _SOURCE_WORDS):
-        return CheckItem(name, False, "does not document the data sources (add a 'Data sources' section)")
-    return CheckItem(name, True, "documents the data sources")
+    body = _section(p.read_text(encoding="utf-8", errors="replace"), _SOURCES_HEADING)
+    if body is None:
+        return CheckItem(name, False, f"{TRAINING_LOG} has no '## Data sources' section: say where the data came "
+                                      "from (the data commands add one for generated data)")
+    if _words(body) < MIN_SECTION_WORDS:
+        return CheckItem(name, False, f"the '## Data sources' section has {_words(body)} word(s); describe the "
+                                      f"sources in at least {MIN_SECTION_WORDS}")
+    return CheckItem(name, True, f"{TRAINING_LOG} documents the data sources ({_words(body)} words)")
+
+
+def _copyright(d: Path) -> CheckItem:
+    name = "copyright declaration"
+    p = d / TRAINING_LOG
+    body = _section(p.read_text(encoding="utf-8", errors="replace"), _COPYRIGHT_HEADING) if p.is_file() else None
+    if body is None:
+        return CheckItem(name, False, f"{TRAINING_LOG} has no '## Copyright' section: declare that you may share "
+                                      "an adapter trained on this data (its licence, or that it is your own)")
+    if _words(body) < MIN_SECTION_WORDS:
+        return CheckItem(name, False, f"the '## Copyright' section has {_words(body)} word(s); state the licence "
+                                      f"or ownership in at least {MIN_SECTION_WORDS}")
+    return CheckItem(name, True, "declared in " + TRAINING_LOG)
+
+
+def _registry_entry(d: Path, m: Manifest | None, results: Any) -> CheckItem:
+    """What registry.yaml will list for this adapter: it needs a name, an author, a base and a score."""
+    from quantgrid.registry import entry_problems
+
+    problems = entry_problems(d, m, results)
+    if problems:
+        return CheckItem("registry entry", False, "; ".join(problems))
+    return CheckItem("registry entry", True, f"{d.resolve().name} by {m.author if m else '?'} on "
+                                             f"{m.base_model.name if m else '?'}")
 
 
 def run_checklist(adapter_dir: str | Path) -> list[CheckItem]:
-    """The contributor checklist, one ✓/✗ item per line with a reason."""
+    """The contributor checklist, one ✓/✗ item per line with a reason. Every item can fail."""
     d = Path(adapter_dir)
     if not d.is_dir():
         raise ValidationError(f"adapter directory not found: {d}", hint="pass the directory `quantgrid train` wrote",
@@ -289,10 +422,10 @@ def run_checklist(adapter_dir: str | Path) -> list[CheckItem]:
         m = read_manifest(d)
     except Exception:  # noqa: BLE001 - a broken manifest is one ✗ line, not a crash
         m = None
-    results = _load_json(d / RESULTS_FILE)
-    return [_files_present(d), _fingerprint(m), _benchmark(d, results, m), _improvement(results), _ood(results),
-            _training_log(d)]
+    results, why = _load_results(d / RESULTS_FILE)
+    return [_files_present(d), _fingerprint(d, m), _benchmark(d, results, m), _improvement(results, why),
+            _ood(results), _data_sources(d), _copyright(d), _registry_entry(d, m, results)]
 
 
-__all__ = ["CONFIG", "WEIGHTS", "CheckItem", "PreparedSubmission", "is_allowed_file", "package", "prepare_submission",
+__all__ = ["CONFIG", "WEIGHTS", "CheckItem", "PreparedSubmission", "is_submission_file", "package", "prepare_submission",
            "run_checklist", "verify_submission"]
