@@ -30,3 +30,21 @@ def tiny_base(tmp_path_factory) -> str:
     from quantgrid.ml.models import build_tiny_base
 
     return str(build_tiny_base(tmp_path_factory.mktemp("bases") / "tiny-test", size="test", seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_family_base(tmp_path_factory, tiny_base):
+    """Builder of the test-size tiny base of a family (see quantgrid.ml.tiny.TINY_FAMILIES),
+    each built once per session; "llama" is ``tiny_base`` itself."""
+    pytest.importorskip("torch")
+    from quantgrid.ml.tiny import build_tiny_base
+
+    built: dict[str, str] = {"llama": tiny_base}
+
+    def build(family: str) -> str:
+        if family not in built:
+            built[family] = str(build_tiny_base(tmp_path_factory.mktemp("bases") / f"tiny-{family}", size="test",
+                                                seed=0, family=family))
+        return built[family]
+
+    return build

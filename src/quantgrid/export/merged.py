@@ -30,7 +30,7 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, base: str | None
     differ from what the adapter saw by the NF4 rounding error, and say so.
     """
     from quantgrid.adapter import read_manifest
-    from quantgrid.ml.models import base_info, four_bit_available, load_adapter, load_base
+    from quantgrid.ml.models import base_info, four_bit_available, load_adapter, load_base, save_tokenizer
     from quantgrid.utils import atomic_dir
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
@@ -38,6 +38,9 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, base: str | None
         base = read_manifest(adapter_dir).recipe.get("base_model")
     if out_dir.exists() and not overwrite:
         raise ExportError(f"{out_dir} already exists", hint="choose a new --out directory or pass --overwrite")
+    from quantgrid.export import base_config
+
+    base_config(base, what="merged export")  # fails at once, offline, when the base is not here
     qlora = trained_in_4bit(adapter_dir)
     use_4bit = qlora and four_bit_available()
     if qlora and not use_4bit:
@@ -54,7 +57,9 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, base: str | None
     try:
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             merged.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+            # readable by transformers 4.x too (llama.cpp's convert_hf_to_gguf.py pins it), with the
+            # base's SentencePiece tokenizer.model when it has one (that converter reads it)
+            save_tokenizer(tokenizer, tmp, source_dir=base if Path(str(base)).is_dir() else None)
             (tmp / "quantgrid_export.json").write_text(json.dumps(
                 {"merged_from": {"base": str(base), "adapter": str(adapter_dir)}, "dequantized_4bit": use_4bit},
                 indent=2))

@@ -1,8 +1,8 @@
-"""Loading the base model and tokenizer, attaching and loading LoRA adapters, and the
-offline tiny base.
+"""Loading the base model and tokenizer, attaching and loading LoRA adapters.
 
-Real model ids (Qwen2.5, Mistral-7B, Llama-3) and the tiny base built here go through
-the same code: ``load_base`` takes a Hugging Face id or a local directory.
+Real model ids (Qwen2.5, Mistral-7B, Llama-2/3, Gemma) and the offline tiny bases
+(``quantgrid.ml.tiny``) go through the same code: ``load_base`` takes a Hugging Face id or
+a local directory.
 
 A base is identified by ``base_fingerprint``: its architecture and shapes, not its path,
 because the same tiny base lives at a different path on every machine.
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,23 +25,7 @@ if TYPE_CHECKING:
     from peft import LoraConfig
 
 BASE_ID_FILE = "quantgrid_base.json"
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
-
-# Sizes of the offline base. "test" keeps unit tests fast; "demo" is big enough
-# (a few million parameters) for adapters to show a real loss difference.
-TINY_SIZES: dict[str, dict[str, int]] = {
-    "test": dict(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
-    "demo": dict(vocab_size=4096, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                 num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048),
-}
-
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
-
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "gemma")
 
 @dataclass(frozen=True)
 class BaseInfo:
@@ -59,6 +42,9 @@ def _config_fingerprint(cfg: Any) -> str:
     keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
             "num_attention_heads", "num_key_value_heads", "vocab_size")
     payload = {k: getattr(cfg, k, None) for k in keys}
+    head_dim = getattr(cfg, "head_dim", None)
+    if head_dim and head_dim != cfg.hidden_size // cfg.num_attention_heads:
+        payload["head_dim"] = head_dim  # only when it is not implied, so older fingerprints stay valid
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -74,12 +60,14 @@ def base_info(model_id_or_path: str, config: Any | None = None) -> BaseInfo:
                     num_layers=config.num_hidden_layers, hidden_size=config.hidden_size)
 
 
-def load_config(model_id_or_path: str, revision: str | None = None):
+def load_config(model_id_or_path: str, revision: str | None = None, *, local_only: bool = False):
+    """The base's config. ``local_only``: never touch the network (a Hugging Face id must
+    be in the local cache), so a missing base fails at once instead of after retries."""
     from transformers import AutoConfig
 
     _check_exists(model_id_or_path)
     try:
-        return AutoConfig.from_pretrained(model_id_or_path, revision=revision)
+        return AutoConfig.from_pretrained(model_id_or_path, revision=revision, local_files_only=local_only)
     except (OSError, ValueError) as e:
         raise ModelError(
             f"cannot load base model {model_id_or_path!r}: {str(e).splitlines()[0]}",
@@ -106,12 +94,64 @@ def default_device() -> str:
     return "cpu"
 
 
-def four_bit_available() -> bool:
+def four_bit_available(device: str | None = None) -> bool:
+    """Whether NF4 (QLoRA) loading works on ``device`` (default: CUDA if present):
+    bitsandbytes imports and has 4-bit kernels for that device. Its CPU backend counts
+    (bitsandbytes >= 0.46), so the 4-bit path is testable without a GPU."""
+    return four_bit_problem(device) is None
+
+
+def four_bit_problem(device: str | None = None) -> str | None:
+    """Why 4-bit loading cannot work on ``device``, or None if it can."""
     import importlib.util
 
     import torch
 
-    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    device = device or default_device()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return "no CUDA device is visible to torch"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed"
+    try:
+        import bitsandbytes as bnb
+    except Exception as e:  # a broken native library raises anything from OSError to RuntimeError
+        return f"bitsandbytes does not load: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    if device.startswith("cuda"):
+        return None
+    if device == "cpu" and importlib.util.find_spec("bitsandbytes.backends.cpu") is not None:
+        return None
+    return f"bitsandbytes {getattr(bnb, '__version__', '?')} has no 4-bit kernels for {device!r}"
+
+
+def save_tokenizer(tokenizer, out_dir: str | Path, source_dir: str | Path | None = None) -> None:
+    """Save a tokenizer so that transformers 4.x loads it as well as 5, and llama.cpp's
+    converter finds what it reads.
+
+    transformers 5 records ``tokenizer_class: TokenizersBackend`` for a generic fast
+    tokenizer and a list under ``extra_special_tokens``; 4.x knows neither (it has
+    PreTrainedTokenizerFast, and a dict there). A SentencePiece ``tokenizer.model`` is not
+    re-written by transformers 5, so it is copied from ``source_dir``.
+    """
+    import shutil
+
+    out_dir = Path(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    cfg_path = out_dir / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if cfg.get("tokenizer_class") in (None, "TokenizersBackend"):
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    extra = cfg.get("extra_special_tokens")
+    if isinstance(extra, list):
+        del cfg["extra_special_tokens"]
+        named = {str(cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        if more := [t for t in extra if str(t) not in named]:
+            cfg["additional_special_tokens"] = more
+    cfg.pop("backend", None)
+    cfg.pop("vocab_file", None)  # transformers 5 records the path it read tokenizer.model from: meaningless here
+    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if source_dir is not None and (Path(source_dir) / "tokenizer.model").is_file() \
+            and not (out_dir / "tokenizer.model").exists():
+        shutil.copyfile(Path(source_dir) / "tokenizer.model", out_dir / "tokenizer.model")
 
 
 def load_tokenizer(model_id_or_path: str, revision: str | None = None):
@@ -148,14 +188,17 @@ def load_base(
     if config.model_type not in SUPPORTED_ARCHITECTURES:
         raise ModelError(
             f"architecture {config.model_type!r} is not supported",
-            hint=f"quantgrid supports the Llama family: {', '.join(SUPPORTED_ARCHITECTURES)}",
+            hint=f"quantgrid supports these architectures: {', '.join(SUPPORTED_ARCHITECTURES)}",
         )
     device = device or default_device()
     if load_in_4bit is None:
-        load_in_4bit = device.startswith("cuda") and four_bit_available()
-    if load_in_4bit and not four_bit_available():
-        raise ModelError("4-bit loading needs a CUDA GPU and bitsandbytes",
-                         hint="pip install 'quantgrid[cuda]' on a CUDA machine, or drop --4bit")
+        # QLoRA is the default on CUDA. Without 4-bit support there, fail rather than
+        # quietly load bf16: a 7B base in bf16 does not fit the GPU the recipe promises.
+        load_in_4bit = device.startswith("cuda")
+    if load_in_4bit and (problem := four_bit_problem(device)):
+        raise ModelError(f"4-bit (QLoRA) loading on {device} is not possible: {problem}",
+                         hint="pip install 'quantgrid[ml]' on Linux x86_64 or Windows (it brings bitsandbytes), "
+                              "or pass --no-4bit to train in full precision")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     kwargs: dict[str, Any] = {"revision": revision, "dtype": torch_dtype}
     if load_in_4bit:
@@ -164,7 +207,7 @@ def load_base(
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
-        kwargs["device_map"] = {"": 0}
+        kwargs["device_map"] = {"": 0} if device.startswith("cuda") else {"": device}
     try:
         model = AutoModelForCausalLM.from_pretrained(model_id_or_path, **kwargs)
     except torch.cuda.OutOfMemoryError:
@@ -254,119 +297,22 @@ def load_adapter(model, adapter_dir: str | Path, adapter_name: str = "default", 
     return PeftModel.from_pretrained(model, str(adapter_dir), adapter_name=adapter_name, is_trainable=trainable)
 
 
-# ---------------------------------------------------------------- offline tiny base
-
-
-def train_tokenizer(texts: Iterable[str], vocab_size: int):
-    """Byte-level BPE trained on ``texts``, wrapped as a fast HF tokenizer with a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer=trainer)
-    bos = tok.token_to_id("<s>")
-    # Prepend <s> like Llama, so GGUF consumers (add_bos_token) see the same ids.
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>", add_bos_token=True)
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-# Pre-training steps per size: brief, on purpose. A random-init base would make every
-# adapter look useful (any text teaches it token statistics); a base that memorized its
-# corpus would make the out-of-domain check measure forgetting of memorized text. A few
-# passes give a base that knows the language and the Q&A format, with finance still to learn.
-PRETRAIN_STEPS = {"test": 80, "demo": 80}
-
-
-def pretrain_texts() -> list[str]:
-    """General-domain text plus finance concepts (not the computed-answer templates that
-    contributors and the hidden benchmark use)."""
-    from quantgrid.data.finance import concepts, general_ood
-    from quantgrid.data.prompts import render_text
-
-    return [render_text(ex, "qa") for ex in [*general_ood(), *concepts()]]
-
-
-def _pretrain(model, tokenizer, texts: list[str], steps: int, seed: int, seq_len: int = 128, batch: int = 8,
-              lr: float = 3e-3) -> float:
-    """Plain causal-LM training on ``texts`` packed into ``seq_len`` blocks; returns the last loss."""
-    import torch
-
-    stream: list[int] = []
-    for t in texts:
-        stream += tokenizer(t)["input_ids"] + [tokenizer.eos_token_id]
-    while len(stream) < seq_len * batch:  # a tiny corpus still fills a batch
-        stream += stream
-    n_blocks = max(1, len(stream) // seq_len)
-    blocks = torch.tensor(stream[: n_blocks * seq_len]).view(n_blocks, seq_len)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
-        x = blocks[torch.randint(0, n_blocks, (batch,), generator=gen)]
-        loss = model(input_ids=x, labels=x).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-    model.eval()
-    return float(loss.detach())
-
-
-def build_tiny_base(out_dir: str | Path, size: str = "test", seed: int = 0, texts: Iterable[str] | None = None,
-                    pretrain_steps: int | None = None) -> Path:
-    """Build a small Llama model + BPE tokenizer from a config and save it as an HF model dir.
-
-    The tokenizer is trained on ``texts`` (default: the finance + general corpus) and the
-    model is briefly pre-trained on general text (``pretrain_steps``, default per size).
-    Deterministic for a given ``size`` and ``seed``. Loads with AutoModelForCausalLM and
-    AutoTokenizer like any downloaded model.
-    """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from quantgrid.utils import atomic_dir
-
-    if size not in TINY_SIZES:
-        raise ModelError(f"unknown tiny base size {size!r}", hint=f"choose one of {', '.join(TINY_SIZES)}")
-    dims = TINY_SIZES[size]
-    if texts is None:
-        from quantgrid.data.finance import tokenizer_corpus
-
-        texts = tokenizer_corpus(seed=seed)
-    tokenizer = train_tokenizer(texts, dims["vocab_size"])
-    config = LlamaConfig(
-        **{**dims, "vocab_size": len(tokenizer)},
-        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    steps = PRETRAIN_STEPS[size] if pretrain_steps is None else pretrain_steps
-    if steps:
-        _pretrain(model, tokenizer, pretrain_texts(), steps, seed)
-    out_dir = Path(out_dir)
-    with atomic_dir(out_dir, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / BASE_ID_FILE).write_text(json.dumps({"name": f"quantgrid-tiny-{size}", "size": size, "seed": seed,
-                                                     "pretrain_steps": steps}))
-    return out_dir
-
-
 def param_count(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# The offline tiny bases live in quantgrid.ml.tiny; these names stay importable from here.
+from quantgrid.ml.tiny import (  # noqa: E402
+    CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    TINY_FAMILIES,
+    TINY_SIZES,
+    build_tiny_base,
+    train_tokenizer,
+)
+
+__all__ = ["CHAT_TEMPLATE", "SPECIAL_TOKENS", "TINY_FAMILIES", "TINY_SIZES", "build_tiny_base", "train_tokenizer"]

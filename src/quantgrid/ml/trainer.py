@@ -12,16 +12,23 @@
 3. load the base (4-bit NF4 on CUDA with bitsandbytes, i.e. QLoRA; fp32 on CPU) and
    attach the recipe's LoRA;
 4. train: padding-free packed micro-batches, loss on completion tokens only, gradient
-   accumulation, warmup + schedule, clipping, an eval every epoch, optional early
-   stopping, atomic checkpoints every ``save_steps`` steps and at each epoch end;
-5. write the adapter directory in a temp sibling and rename it into place, with the
-   manifest last; delete the checkpoints.
+   accumulation, warmup + schedule, clipping, an eval every epoch (or every
+   ``eval_steps``), optional early stopping and best-checkpoint selection, atomic
+   checkpoints every ``save_steps`` steps and at each epoch end;
+5. write the adapter's files in a temp sibling and move them into the output directory,
+   manifest last, leaving every file training does not own in place (``ml/output.py``);
+   delete the checkpoints.
+
+Each run draws its own seed (LoRA A's initialisation, the eval split, the data order)
+unless one is given, so independent contributors never start from the same matrices;
+the seed used is in ``training/train_config.yaml`` and the manifest's recipe.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -129,7 +136,7 @@ def load_model(cfg: TrainConfig, base_path: str, backend: str, device: str):
     import torch
 
     from quantgrid.ml.batching import use_packed_attention
-    from quantgrid.ml.models import attach_lora, four_bit_available, load_base
+    from quantgrid.ml.models import attach_lora, load_base
 
     rec, run = cfg.recipe, cfg.run
     torch.manual_seed(rec.training.seed)  # LoRA A's init draws from it
@@ -147,7 +154,7 @@ def load_model(cfg: TrainConfig, base_path: str, backend: str, device: str):
         return model, tok, f"Unsloth ({'4-bit' if four_bit else 'bf16'})"
     four_bit = run.load_in_4bit
     if four_bit is None:
-        four_bit = device.startswith("cuda") and four_bit_available()
+        four_bit = device.startswith("cuda")  # QLoRA on CUDA: load_base says what is missing, never falls back to bf16
     model, tok = load_base(base_path, revision=None if Path(base_path).exists() else rec.base_revision,
                            load_in_4bit=four_bit, dtype=None if run.dtype == "auto" else run.dtype, device=device)
     # Attention within each packed example only, without a T x T mask (see batching.py).
@@ -201,43 +208,70 @@ class TrainingInterrupted(QuantGridError):
 # ---------------------------------------------------------------- the run
 
 
-def check_output_dir(cfg: TrainConfig) -> bool:
-    """Refuse to replace a directory that is not an adapter. Returns whether one exists."""
-    from quantgrid.adapter import is_adapter_dir
+def files_written(cfg: TrainConfig) -> list[str]:
+    """The paths (relative to the output) this run writes."""
+    from quantgrid.ml.output import DATASET_COPY, TRAINING_FILES
+
+    names = list(TRAINING_FILES)
+    if cfg.run.include_dataset and not _dataset_is_the_copy(cfg):
+        names.append(DATASET_COPY)
+    return names
+
+
+def _dataset_is_the_copy(cfg: TrainConfig) -> bool:
+    """True when the training data already is ``<output>/training/dataset.jsonl`` (LocoLLM layout)."""
+    from quantgrid.ml.output import DATASET_COPY
+
+    copy, data = Path(cfg.run.output_dir) / DATASET_COPY, Path(cfg.run.dataset)
+    return copy.exists() and data.exists() and os.path.samefile(copy, data)
+
+
+def check_output_dir(cfg: TrainConfig):
+    """Where the adapter goes and what that replaces (``output.OutputPlan``); refuses, before
+    any heavy work, to replace a file training did not write or to mix two runs' checkpoints."""
     from quantgrid.ml.checkpoint import checkpoints_dir, list_checkpoints
+    from quantgrid.ml.output import plan_output
 
     out = Path(cfg.run.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output {out} is a file, not a directory", hint="choose a new directory name")
-    if out.is_dir() and any(out.iterdir()) and not is_adapter_dir(out) and not cfg.run.overwrite:
-        raise ConfigError(f"--output {out} already exists and is not a quantgrid adapter",
-                          hint="choose a new directory, or pass --overwrite to replace it")
+    plan = plan_output(out, files_written(cfg), overwrite=cfg.run.overwrite)
     found = list_checkpoints(checkpoints_dir(out))
     if found and not cfg.run.resume and not cfg.run.overwrite:
         # A fresh run would mix its checkpoints with the old run's; never silently drop those.
         raise ConfigError(f"{checkpoints_dir(out)} holds checkpoints of an unfinished run (last: {found[-1].name})",
                           hint="pass --resume to continue that run, or --overwrite to start over")
-    return out.exists()
+    return plan
 
 
 def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=None,
-                 on_step: Callable[[Any], None] | None = None) -> tuple[Path, dict[str, Any]]:
-    """Train and write the adapter directory; returns (path, stats). See the module docstring."""
+                 on_step: Callable[[Any], None] | None = None, seed_drawn: bool = False) -> tuple[Path, dict[str, Any]]:
+    """Train and write the adapter directory; returns (path, stats). See the module docstring.
+
+    ``seed_drawn``: the recipe's seed was drawn for this run (the log says how to repeat it).
+    """
     import torch
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import get_scheduler
 
     from quantgrid.ml import checkpoint as ckpt
     from quantgrid.ml.batching import epoch_order, eval_batches, loss_sum, micro_batches
     from quantgrid.ml.models import base_info, default_device, load_tokenizer
+    from quantgrid.ml.tracking import Trackers, default_run_name, parse_report_to
     from quantgrid.ml.training_log import Progress
 
     t_start = time.perf_counter()
     rec, run, t = cfg.recipe, cfg.run, cfg.recipe.training
     # -- 2. cheap checks first: output, base (config only), data
-    replacing = check_output_dir(cfg)
+    plan = check_output_dir(cfg)
+    trackers_wanted = parse_report_to(run.report_to)
     base_path = run.base_model_path or rec.base_model
     info = base_info(base_path)
     data = prepare_data(cfg, load_tokenizer(base_path))
+    data.summary["seed_drawn"] = seed_drawn
+    if (run.load_best_model_at_end or run.eval_steps) and not data.eval:
+        flag = "--load-best-model-at-end" if run.load_best_model_at_end else "--eval-steps"
+        raise ConfigError(f"{flag} needs held-out data, and this run has none "
+                          f"({data.summary['eval_source']})",
+                          hint="pass --eval-dataset FILE, or raise eval_fraction so that some examples are held out")
     device = run.device or default_device()
     backend = choose_backend(run.backend, device)
     standard = standard or Recipe()
@@ -254,15 +288,22 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
     total_steps = math.ceil(steps_per_epoch * t.epochs)
     if run.max_steps:
         total_steps = min(total_steps, run.max_steps)
-    scheduler = get_scheduler(t.schedule, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps),
+    scheduler = get_scheduler(t.schedule, optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total_steps)
+                              if run.warmup_steps is None else run.warmup_steps,
                               num_training_steps=total_steps)
     ckpt_root = ckpt.checkpoints_dir(run.output_dir)
-    state = ckpt.TrainState(identity=identity)
+    state = ckpt.TrainState(identity=identity, seed=t.seed)
+    best_weights: dict | None = None  # adapter weights of the best eval so far (load_best_model_at_end)
     if not run.resume:  # only --overwrite gets here with old checkpoints (check_output_dir)
         shutil.rmtree(ckpt_root, ignore_errors=True)
     if run.resume:
-        state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run.output_dir, identity), model, optimizer, scheduler)
+        last = ckpt.latest_checkpoint(run.output_dir, identity)
+        state = ckpt.load_checkpoint(last, model, optimizer, scheduler)
+        best_weights = ckpt.load_best(last)
     progress = Progress(total_steps, start_step=state.step, mode=run.progress, log_every=run.log_every, console=console)
+    trackers = Trackers(trackers_wanted, logging_dir=run.logging_dir or Path(run.output_dir) / "training" / "runs",
+                        run_name=run.run_name or default_run_name(run.output_dir),
+                        config=cfg.model_dump(mode="json")) if trackers_wanted else None
     slice_logits = backend == "hf"
 
     def evaluate() -> float | None:
@@ -277,6 +318,7 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
         return total / max(count, 1)
 
     def record_eval() -> None:
+        nonlocal best_weights
         loss = evaluate()
         if loss is None:
             return
@@ -285,15 +327,27 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
             state.best_eval, state.bad_evals = loss, 0
         else:
             state.bad_evals += 1
+        if run.load_best_model_at_end and state.step > 0 and (
+                state.best_step is None or loss < _eval_at(state, state.best_step)):
+            # Step 0 is the base itself (the LoRA update starts at zero): never a candidate.
+            state.best_step = state.step
+            best_weights = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+        if trackers is not None:
+            trackers.log({"eval/loss": loss}, state.step)
         progress.note(f"eval loss {loss:.4f} at step {state.step} (epoch {state.epoch})")
 
     def save() -> None:
-        ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state)
+        ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state,
+                             best=best_weights if run.load_best_model_at_end else None)
 
     progress.note(f"training {data.summary['n_train']} examples ({data.summary['train_tokens']:,} tokens), "
                   f"{total_steps} steps, base {info.name} as {load_desc}"
                   + (f", resumed at step {state.step}" if run.resume else "")
-                  + (f"; the adapter in {run.output_dir} will be replaced when done" if replacing else ""))
+                  + (f"; in {run.output_dir}, training replaces {len(plan.replaces)} file(s) of its own and "
+                     f"keeps {len(plan.keeps)} other file(s)" if plan.exists else ""))
+    if plan.exists and (Path(run.output_dir) / "eval" / "results.json").is_file():
+        progress.note(f"note: {run.output_dir}/eval/ is kept, but its results are for the previous adapter: "
+                      "run `quantgrid eval` again after training", always=True)
     if non_standard:
         progress.note(f"note: non-standard recipe ({', '.join(non_standard)}): fine for local work; "
                       "the manifest marks this adapter non-standard", always=True)
@@ -335,26 +389,39 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
                 state.loss_tokens_seen += n_loss
                 state.history.append({"step": state.step, "loss": step_loss, "lr": lr, "tokens": state.tokens_seen})
                 recent = [h["loss"] for h in state.history[-run.log_every:]]
-                progress.update(state.step, sum(recent) / len(recent), state.tokens_seen / state.train_seconds, lr)
+                tps = state.tokens_seen / state.train_seconds
+                progress.update(state.step, sum(recent) / len(recent), tps, lr)
+                if trackers is not None:
+                    trackers.log({"train/loss": step_loss, "train/learning_rate": lr, "train/tokens_per_second": tps,
+                                  "train/epoch": state.epoch + state.position / batches_per_epoch}, state.step)
                 if on_step is not None:
                     on_step(state)
                 if state.step >= total_steps:
                     break
-                if state.step % run.save_steps == 0:
+                if run.eval_steps and state.step % run.eval_steps == 0:
+                    record_eval()
+                    if t.early_stopping_patience and state.bad_evals >= t.early_stopping_patience:
+                        stopped = f"early stopping: eval loss did not improve for {state.bad_evals} evaluations"
+                        break
+                if run.save_strategy == "steps" and state.step % run.save_steps == 0:
                     save()
                 tick, cpu_tick = time.perf_counter(), time.process_time()
             else:  # the epoch ran to its end
                 state.epoch, state.position = state.epoch + 1, 0
-                record_eval()
+                if not run.eval_steps:
+                    record_eval()
                 save()
                 if t.early_stopping_patience and state.bad_evals >= t.early_stopping_patience:
                     stopped = f"early stopping: eval loss did not improve for {state.bad_evals} epochs"
                     break
+                continue
+            break  # left the epoch early: the planned steps or early stopping
         if not state.evals or state.evals[-1]["step"] != state.step:
             record_eval()
     except KeyboardInterrupt:
         progress.close()
-        path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state) if state.step else None
+        path = ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state,
+                                    best=best_weights if run.load_best_model_at_end else None) if state.step else None
         where = f"a checkpoint at step {state.step} is in {path}" if path else "no step had finished, nothing saved"
         raise TrainingInterrupted(f"training interrupted; {where}",
                                   hint="run the same command again with --resume to continue" if path else
@@ -365,52 +432,88 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
         raise
     finally:
         progress.close()
+        if trackers is not None:
+            trackers.close()
 
-    # -- 5. the adapter directory, complete or not at all
+    kept = None
+    if run.load_best_model_at_end and state.best_step is not None and best_weights is not None:
+        kept = {"step": state.best_step, "eval_loss": _eval_at(state, state.best_step)}
+        if state.best_step != state.step:
+            set_peft_model_state_dict(model, {k: v.to(device) for k, v in best_weights.items()})
+        progress.note(f"kept the weights of step {state.best_step} (held-out loss {kept['eval_loss']:.4f}, the "
+                      f"lowest); the last step was {state.step}")
+    # -- 5. the adapter's files, complete or not at all
     out = write_adapter(cfg, model, data, state, info, standard, stopped, load_desc, device,
-                        time.perf_counter() - t_start, replacing)
+                        time.perf_counter() - t_start, plan, kept=kept)
     if not run.keep_checkpoints:
         shutil.rmtree(ckpt_root, ignore_errors=True)
     stats = {"steps": state.step, "tokens": state.tokens_seen, "loss_tokens": state.loss_tokens_seen,
              "train_seconds": state.train_seconds, "train_cpu_seconds": state.train_cpu_seconds, "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
              "final_train_loss": state.history[-1]["loss"] if state.history else None,
              "train_losses": [h["loss"] for h in state.history], "lrs": [h["lr"] for h in state.history],
-             "eval_losses": [e["eval_loss"] for e in state.evals], "non_standard": non_standard, "stopped": stopped}
+             "eval_losses": [e["eval_loss"] for e in state.evals], "eval_steps": [e["step"] for e in state.evals],
+             "kept_step": kept["step"] if kept else state.step, "seed": t.seed,
+             "non_standard": non_standard, "stopped": stopped}
     return out, stats
 
 
+def _eval_at(state, step: int) -> float:
+    return next(e["eval_loss"] for e in reversed(state.evals) if e["step"] == step)
+
+
 def write_adapter(cfg: TrainConfig, model, data: PreparedData, state, info, standard: Recipe, stopped: str,
-                  load_desc: str, device: str, seconds: float, replacing: bool) -> Path:
-    from quantgrid.adapter import CONFIG, write_manifest
+                  load_desc: str, device: str, seconds: float, plan, kept: dict[str, Any] | None = None) -> Path:
+    """Build the adapter's files in a temp sibling, then install them (``ml/output.py``)."""
+    from quantgrid.adapter import CONFIG, MANIFEST, write_manifest
+    from quantgrid.card import write_adapter_card
     from quantgrid.data import write_records
-    from quantgrid.ml.training_log import hardware_summary, plot_losses, training_log_md
-    from quantgrid.utils import atomic_dir
+    from quantgrid.data.chat_template import save_chat_template
+    from quantgrid.data.profile import question_profile
+    from quantgrid.ml.models import load_tokenizer
+    from quantgrid.ml.output import DATASET_COPY, TRAINING_LOG, install, owned_by_training, staging
+    from quantgrid.ml.training_log import hardware_summary, merge_log, plot_losses, training_log_md
 
     rec, run = cfg.recipe, cfg.run
     non_standard = rec.standard_fields_differ(standard)
     out = Path(run.output_dir)
-    with atomic_dir(out, overwrite=replacing) as tmp:
-        model.save_pretrained(str(tmp))  # PEFT: adapter_config.json + adapter_model.safetensors, LoRA only
-        (tmp / "README.md").unlink(missing_ok=True)  # PEFT's empty model-card template
+    with staging(out) as tmp:
+        model.save_pretrained(str(tmp))  # PEFT: adapter_config.json + adapter_model.safetensors (+ its README)
         # The config records our base name, not this machine's path to it (that leaks
         # the user's directory layout and means nothing elsewhere).
         conf = json.loads((tmp / CONFIG).read_text())
         conf["base_model_name_or_path"] = rec.base_model
         (tmp / CONFIG).write_text(json.dumps(conf, indent=2, sort_keys=True))
+        # The recipe's prompt as the tokenizer's chat template: every client prompts like training.
+        save_chat_template(tmp, load_tokenizer(run.base_model_path or rec.base_model), rec.prompt_template,
+                           rec.system_prompt)
         training = tmp / "training"
         training.mkdir()
         (training / "train_config.yaml").write_text(cfg.to_yaml())
         base = {"name": info.name, "fingerprint": info.fingerprint, "load": load_desc}
-        (training / "TRAINING_LOG.md").write_text(training_log_md(
+        section = training_log_md(
             config=cfg.model_dump(mode="json"), data=data.summary, state=state, stopped=stopped,
-            hardware=hardware_summary(device), base=base, seconds=seconds, non_standard=non_standard))
+            hardware=hardware_summary(device), base=base, seconds=seconds, non_standard=non_standard, kept=kept)
+        old_log = out / TRAINING_LOG
+        (tmp / TRAINING_LOG).write_text(merge_log(
+            old_log.read_text(encoding="utf-8") if old_log.is_file() else None, section,
+            ours=TRAINING_LOG in owned_by_training(out)))
         plot_losses(state, training / "loss.png")
-        if run.include_dataset:
-            write_records(training / "dataset.jsonl", data.train_examples)
-        # Last: the manifest hashes every file written above.
-        write_manifest(tmp, recipe=rec, base_name=info.name, base_fingerprint=info.fingerprint,
-                       standard=standard, author=run.author, dataset_description=run.dataset_description,
-                       dataset_fingerprint=data.fingerprint)
+        if DATASET_COPY in files_written(cfg):
+            write_records(tmp / DATASET_COPY, data.train_examples)
+
+        def manifest() -> None:  # hashes every file written above
+            write_manifest(tmp, recipe=rec, base_name=info.name, base_fingerprint=info.fingerprint,
+                           standard=standard, author=run.author, dataset_description=run.dataset_description,
+                           dataset_fingerprint=data.fingerprint,
+                           routing=question_profile(e.prompt for e in data.train_examples))
+
+        # The card replaces PEFT's empty template; it is built from the manifest, and the
+        # manifest is then rewritten so that it hashes the card too. Manifest last.
+        manifest()
+        write_adapter_card(tmp, name=out.resolve().name, license=run.license, results={})
+        (tmp / MANIFEST).unlink()
+        manifest()
+        install(tmp, plan)
     return out
 
 
@@ -433,6 +536,7 @@ class QuantGridTrainer:
         self.console = console
         self.defaults = defaults
         self.last_stats: dict[str, Any] | None = None
+        self.seed_drawn = False
 
     def config(self, dataset_path: str | Path | None = None, output_dir: str | Path | None = None,
                num_epochs: float | None = None, batch_size: int | None = None, **overrides: Any) -> TrainConfig:
@@ -445,7 +549,25 @@ class QuantGridTrainer:
                             ("batch_size", batch_size)):
             if value is not None:
                 flat[name] = str(value) if isinstance(value, Path) else value
+        self.seed_drawn = False
+        if flat.get("seed") is None:
+            flat["seed"] = self._run_seed(flat)
         return resolve_config(recipe, flat, base_model=base_model)
+
+    def _run_seed(self, flat: dict[str, Any]) -> int:
+        """The seed when none was asked for: the unfinished run's on --resume, else a fresh one.
+
+        A recipe's seed is shared by everyone who trains with it, so it is not used: with
+        one seed for all, every contributor's LoRA A would start from the same matrix.
+        """
+        from quantgrid.ml.checkpoint import checkpoint_seed
+
+        if flat.get("resume") and flat.get("output_dir"):
+            seed = checkpoint_seed(flat["output_dir"])
+            if seed is not None:
+                return seed
+        self.seed_drawn = True
+        return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
 
     def train(self, dataset_path: str | Path | None = None, output_dir: str | Path | None = None,
               num_epochs: float | None = None, batch_size: int | None = None, *,
@@ -460,7 +582,8 @@ class QuantGridTrainer:
         from rich.console import Console
 
         cfg = self.config(dataset_path, output_dir, num_epochs, batch_size, **overrides)
-        out, self.last_stats = run_training(cfg, standard=self.standard, console=self.console, on_step=on_step)
+        out, self.last_stats = run_training(cfg, standard=self.standard, console=self.console, on_step=on_step,
+                                            seed_drawn=self.seed_drawn)
         (self.console or Console()).print(f"Adapter saved to {out}", highlight=False, soft_wrap=True)
         return out
 
