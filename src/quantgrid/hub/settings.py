@@ -113,28 +113,29 @@ class HubSettings(BaseSettings):
     benchmark_size: int = Field(500, ge=10)
     benchmark_files: list[Path] = Field(default_factory=list, description="operator's own benchmark files (JSON/JSONL), "
                                         "added to the hidden benchmark; they never leave the hub")
-    min_loss_improvement: float = Field(0.01, ge=0, description="nats/token a candidate must beat the base by")
+    min_loss_improvement: float = Field(0.0, ge=0, description="extra margin, nats/token: the bootstrap 95% interval "
+                                        "of (candidate - base) loss must reach below -margin (0 = match or beat)")
     ood_tolerance: float = Field(0.05, ge=0, description="largest allowed relative rise of out-of-domain loss "
                                  "(0.05 = 5%, as `quantgrid eval --ood-threshold`)")
-    duplicate_cosine: float = Field(0.95, gt=0, le=1, description="delta-W cosine above which adapters are near-duplicates")
+    duplicate_cosine: float = Field(0.7, gt=0, le=1, description="delta-W cosine at or above which adapters are "
+                                    "near-duplicates (calibrated in docs/validation.md)")
     duplicate_margin: float = Field(0.02, ge=0, description="ε: a near-duplicate must beat the original by this, nats/token")
     score_decimals: int = Field(3, ge=0, le=6, description="published scores are rounded to this many decimals")
 
     # ---- releases (used by quantgrid.hub.server.releases) ----
-    release_schedule: str | None = Field(None, description='weekly automatic release, UTC, e.g. "SUN 03:00"; '
+    release_schedule: str | None = Field("0 3 * * SUN", description='automatic releases: a cron expression in UTC '
+                                         '(default "0 3 * * SUN", weekly) or "SUN 03:00"; "off" turns them off; '
                                          "a slot missed while the hub was down runs at startup")
 
     @field_validator("release_schedule")
     @classmethod
     def _schedule(cls, v: str | None) -> str | None:
-        if v:
-            from quantgrid.merge.schedule import parse_schedule
+        from quantgrid.merge.schedule import schedule_or_none
 
-            try:
-                parse_schedule(v)
-            except ConfigError as e:
-                raise ValueError(e.message) from None
-        return v or None
+        try:
+            return schedule_or_none(v)
+        except ConfigError as e:
+            raise ValueError(e.message) from None
 
     @field_validator("recipe", mode="before")
     @classmethod

@@ -18,6 +18,8 @@ Methods (``METHODS``, a registry; ``merge(..., method=NAME)``):
   dense delta-W (they are element-wise, so they need it), then an SVD back to ``rank``.
 - ``median``, ``trimmed_mean``: coordinate-wise robust aggregators on delta-W; one
   poisoned contributor (say, scaled x100) barely moves them. Then SVD to ``rank``.
+  ``trimmed_mean`` drops ``floor(trim * N)`` values at each end of every coordinate, and
+  at least one at each end once N >= 5 (``trim_count``).
 
 Weights: ``None`` means equal weights summing to 1 (the release is the average
 update). ``impact_weights`` turns *measured* impacts (hub-side loss improvements or
@@ -394,13 +396,23 @@ def _median(fs: list[LoraFactors], ws: list[float], rank: int, opts: dict) -> tu
     return _dense_to_factors(scale * (lo + hi) / 2, rank)
 
 
-@register_method("trimmed_mean", "robust: per coordinate drop the --trim fraction at each end, average the rest",
+def trim_count(n: int, trim: float = 0.1) -> int:
+    """How many values ``trimmed_mean`` drops at each end of ``n``: ``floor(trim * n)``, but
+    at least 1 once ``n >= 5`` (so a small hub still sheds its most extreme contributor on
+    each side, whatever ``trim``), and never so many that nothing is left."""
+    k = int(math.floor(trim * n))
+    if n >= 5:
+        k = max(k, 1)
+    return max(0, min(k, (n - 1) // 2))
+
+
+@register_method("trimmed_mean", "robust: per coordinate drop the --trim fraction at each end (at least one "
+                                 "value each side from 5 adapters on), average the rest",
                  dense=True, exact=False)
 def _trimmed_mean(fs: list[LoraFactors], ws: list[float], rank: int, opts: dict) -> tuple[LoraFactors, float]:
     scale = _require_equal(ws, "trimmed_mean")
-    trim = opts.get("trim", 0.1)
     n = len(fs)
-    k = min(int(math.floor(trim * n)), (n - 1) // 2)
+    k = trim_count(n, opts.get("trim", 0.1))
     stack = _stack(fs).sort(dim=0).values
     return _dense_to_factors(scale * stack[k:n - k].mean(0), rank)
 
@@ -480,3 +492,25 @@ def relative_error(merged: Adapter, reference: Adapter | Mapping[str, torch.Tens
         num += float(((got - r) ** 2).sum())
         den += float((r ** 2).sum())
     return math.sqrt(num / den) if den > 0 else math.sqrt(num)
+
+
+def projected_cosine(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
+    """Cosine of ``a``'s delta-W with ``b``'s delta-W projected onto ``a``'s own column and
+    row spaces: 1.0 when ``a`` is a projection (a rank cut, a truncated SVD) of ``b``, however
+    little of ``b``'s energy it keeps. Factor space only (r x r cores)."""
+    fa, fb = as_factors(a), as_factors(b)
+    inner = proj2 = 0.0
+    for m, f in fa.items():
+        if m not in fb:
+            continue
+        g = fb[m]
+        qu, _ = torch.linalg.qr(f.B.to(torch.float64))  # a's column space
+        qv, _ = torch.linalg.qr(f.A.to(torch.float64).T)  # a's row space
+        core_b = g.scaling * (qu.T @ g.B.to(torch.float64)) @ (g.A.to(torch.float64) @ qv)  # [r, r]
+        core_a = f.scaling * (qu.T @ f.B.to(torch.float64)) @ (f.A.to(torch.float64) @ qv)
+        inner += float((core_a * core_b).sum())
+        proj2 += float((core_b ** 2).sum())
+    na = delta_norm(fa)
+    if na == 0.0 or proj2 <= 0.0:
+        return 0.0
+    return max(-1.0, min(1.0, inner / (na * math.sqrt(proj2))))

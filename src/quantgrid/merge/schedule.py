@@ -1,7 +1,8 @@
 """Release versions and the weekly schedule: pure functions, no torch.
 
 Versions are CalVer ``YYYY.WW`` (ISO year and ISO week, UTC); the Nth release in one
-week is ``YYYY.WW.N`` (N >= 2). Schedules are a weekday and a UTC time, ``"SUN 03:00"``.
+week is ``YYYY.WW.N`` (N >= 2). Schedules are standard 5-field cron expressions in UTC (``"0 3 * * SUN"``, the default:
+weekly, Sunday 03:00) or the short form ``"SUN 03:00"``; ``"off"`` turns them off.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from quantgrid.errors import ConfigError
 
@@ -40,25 +42,134 @@ def calver(now: dt.datetime, existing: Sequence[str] = ()) -> str:
 
 # ------------------------------------------------------------------ schedule
 
+DEFAULT_SCHEDULE = "0 3 * * SUN"  # weekly, Sunday 03:00 UTC
+OFF = frozenset({"off", "none", "never", "disabled", "false", "0"})
+
 _DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+_CRON_DAYS = {"SUN": 0, "MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6}
+_MONTHS = {m: i + 1 for i, m in enumerate(("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT",
+                                           "NOV", "DEC"))}
+_HINT = ('use a standard 5-field cron expression in UTC, e.g. --release-schedule "0 3 * * SUN", or a weekday '
+         'and a time, e.g. "SUN 03:00"; "off" turns scheduled releases off')
 
 
-def parse_schedule(schedule: str) -> tuple[int, dt.time]:
-    """``"SUN 03:00"`` -> (weekday 6, 03:00), in UTC."""
-    m = re.fullmatch(r"\s*([A-Za-z]{3})[a-z]*\s+(\d{1,2}):(\d{2})\s*(?:UTC)?\s*", schedule or "")
-    day = m[1].upper() if m else None
-    if m is None or day not in _DAYS or int(m[2]) > 23 or int(m[3]) > 59:
-        raise ConfigError(f"not a release schedule: {schedule!r}",
-                          hint='use a weekday and a UTC time, e.g. --release-schedule "SUN 03:00"')
-    return _DAYS.index(day), dt.time(int(m[2]), int(m[3]))
+@dataclass(frozen=True)
+class Schedule:
+    """A cron schedule in UTC: the sets of minutes, hours, days of month, months and
+    weekdays (cron numbering, 0 = Sunday) it fires on.
+
+    Hand-written rather than a dependency: five small sets and cron's one quirk (when both
+    the day of month and the weekday are restricted, either one matching is enough).
+    """
+
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+    day_restricted: bool
+    weekday_restricted: bool
+
+    def matches_day(self, d: dt.date) -> bool:
+        if d.month not in self.months:
+            return False
+        dom, dow = d.day in self.days, (d.isoweekday() % 7) in self.weekdays
+        if self.day_restricted and self.weekday_restricted:
+            return dom or dow
+        return dom and dow
+
+    def last_at_or_before(self, now: dt.datetime) -> dt.datetime:
+        now = now.astimezone(UTC)
+        day = now.date()
+        times = sorted(((h, m) for h in self.hours for m in self.minutes), reverse=True)
+        for back in range(366 * 8 + 1):  # every day-of-month/weekday combination recurs within 8 years
+            d = day - dt.timedelta(days=back)
+            if not self.matches_day(d):
+                continue
+            for h, m in times:
+                slot = dt.datetime(d.year, d.month, d.day, h, m, tzinfo=UTC)
+                if slot <= now:
+                    return slot
+        raise ConfigError("the release schedule never fires (e.g. February 30)", hint=_HINT)
+
+    def next_after(self, t: dt.datetime) -> dt.datetime:
+        t = t.astimezone(UTC)
+        times = sorted((h, m) for h in self.hours for m in self.minutes)
+        for ahead in range(366 * 8 + 1):
+            d = t.date() + dt.timedelta(days=ahead)
+            if not self.matches_day(d):
+                continue
+            for h, m in times:
+                slot = dt.datetime(d.year, d.month, d.day, h, m, tzinfo=UTC)
+                if slot > t:
+                    return slot
+        raise ConfigError("the release schedule never fires (e.g. February 30)", hint=_HINT)
+
+
+def _field(text: str, lo: int, hi: int, names: dict[str, int] | None, what: str) -> tuple[frozenset[int], bool]:
+    """One cron field: ``*``, ``N``, ``A-B``, ``*/S``, ``A-B/S``, lists of those, names (SUN, JAN)."""
+    def value(tok: str) -> int:
+        key = tok.upper()[:3]
+        if names and key in names and tok.isalpha():
+            return names[key]
+        if not tok.isdigit():
+            raise ValueError(tok)
+        return int(tok)
+
+    out: set[int] = set()
+    for part in text.split(","):
+        rng, _, step_s = part.partition("/")
+        step = int(step_s) if step_s.isdigit() and int(step_s) > 0 else (1 if not step_s else None)
+        if step is None:
+            raise ConfigError(f"bad step {step_s!r} in the {what} field of the release schedule", hint=_HINT)
+        try:
+            if rng == "*":
+                a, b = lo, hi
+            elif "-" in rng:
+                a, b = (value(x) for x in rng.split("-", 1))
+            else:
+                a = b = value(rng)
+                if step_s:
+                    b = hi
+        except ValueError:
+            raise ConfigError(f"bad {what} {rng!r} in the release schedule", hint=_HINT) from None
+        if not (lo <= a <= hi and lo <= b <= hi and a <= b):
+            raise ConfigError(f"{what} {rng!r} is out of range {lo}-{hi} in the release schedule", hint=_HINT)
+        out.update(x % 7 if what == "weekday" else x for x in range(a, b + 1, step))  # cron: 7 is Sunday too
+    return frozenset(out), text != "*"
+
+
+def parse_schedule(schedule: str) -> Schedule:
+    """A cron expression (``"0 3 * * SUN"``) or a weekday and a time (``"SUN 03:00"``), UTC."""
+    text = (schedule or "").strip()
+    m = re.fullmatch(r"([A-Za-z]{3})[a-z]*\s+(\d{1,2}):(\d{2})\s*(?:UTC)?", text)
+    if m is not None:
+        day = m[1].upper()
+        if day not in _DAYS or int(m[2]) > 23 or int(m[3]) > 59:
+            raise ConfigError(f"not a release schedule: {schedule!r}", hint=_HINT)
+        text = f"{int(m[3])} {int(m[2])} * * {day}"
+    parts = text.split()
+    if len(parts) != 5:
+        raise ConfigError(f"not a release schedule: {schedule!r}", hint=_HINT)
+    minutes, _ = _field(parts[0], 0, 59, None, "minute")
+    hours, _ = _field(parts[1], 0, 23, None, "hour")
+    days, day_r = _field(parts[2], 1, 31, None, "day of month")
+    months, _ = _field(parts[3], 1, 12, _MONTHS, "month")
+    weekdays, wd_r = _field(parts[4], 0, 7, _CRON_DAYS, "weekday")
+    return Schedule(minutes, hours, days, months, weekdays, day_r, wd_r)
+
+
+def schedule_or_none(schedule: str | None) -> str | None:
+    """The schedule text, or None when releases are off ("off", "none", empty); validates it."""
+    if schedule is None or schedule.strip().lower() in OFF or not schedule.strip():
+        return None
+    parse_schedule(schedule)
+    return schedule.strip()
 
 
 def last_slot(schedule: str, now: dt.datetime) -> dt.datetime:
     """The latest scheduled time at or before ``now``."""
-    weekday, at = parse_schedule(schedule)
-    now = now.astimezone(UTC)
-    slot = dt.datetime.combine(now.date(), at, tzinfo=UTC) - dt.timedelta(days=(now.weekday() - weekday) % 7)
-    return slot if slot <= now else slot - dt.timedelta(days=7)
+    return parse_schedule(schedule).last_at_or_before(now)
 
 
 def next_due(schedule: str, last_release_time: dt.datetime | None, now: dt.datetime) -> dt.datetime:
@@ -68,7 +179,8 @@ def next_due(schedule: str, last_release_time: dt.datetime | None, now: dt.datet
     hub), that slot is due now: the returned time is <= ``now`` and the caller runs it
     at once. Otherwise it is the next slot after ``now``.
     """
-    slot = last_slot(schedule, now)
+    sched = parse_schedule(schedule)
+    slot = sched.last_at_or_before(now)
     if last_release_time is None or last_release_time.astimezone(UTC) < slot:
         return slot
-    return slot + dt.timedelta(days=7)
+    return sched.next_after(now)

@@ -142,3 +142,48 @@ def test_trial_merge_rejects_a_candidate_that_degrades_the_release(hub, tmp_path
     trial = next(c for c in v.report["checks"] if c["check"] == "degrades_release")
     assert trial["passed"] and v.accepted, v.report
     assert abs(trial["numbers"]["delta"]) <= 0.001
+
+
+def test_proof_of_loss_is_a_bootstrap_test_with_an_optional_margin(hub):
+    """"Match or beat": the 95% interval of (adapter - base) may not lie above -margin."""
+    tiny = tensors(hub, 21, 0.002)  # a barely-there update: the same loss as the base, within noise
+    _, run = submit(hub, tiny)
+    v = run()
+    loss = next(c for c in v.report["checks"] if c["check"] == "proof_of_loss")
+    lo, hi = loss["numbers"]["delta_ci95"]
+    assert lo <= 0 <= hi + 1e-3 and loss["passed"], loss  # matches the base: accepted at the default
+    assert "95% interval" in loss["message"] and loss["numbers"]["required_improvement"] == 0
+    _, run = submit(hub, tiny, min_loss_improvement=0.5)  # the operator's extra margin
+    v = run()
+    assert not v.accepted and v.report["check"] == "proof_of_loss"
+    assert "lies entirely above -0.5" in v.report["message"]
+    # An all-zero update matches the base trivially: rejected.
+    zero = {k: np.zeros_like(x) for k, x in tiny.items()}
+    _, run = submit(hub, zero)
+    v = run()
+    assert not v.accepted and "update is zero" in v.report["message"]
+
+
+def test_release_copies_and_own_resubmissions_are_rejected(hub, tmp_path):
+    """A pushed-back release, and a contributor's own earlier adapter again, gain nothing."""
+    from quantgrid.hub.validate import PublishedRelease
+
+    t = tensors(hub, 3, 0.02)
+    release = _release_dir(hub, tmp_path, t)
+    _, run = submit(hub, {k: x.copy() for k, x in t.items()}, **LOOSE)
+    v = run(releases=[PublishedRelease("2026.47", release)])
+    assert not v.accepted and (v.report["stage"], v.report["check"]) == ("duplicate", "release_copy"), v.report
+    assert v.report["numbers"]["original"] == "2026.47" and "release 2026.47" in v.report["message"]
+    assert v.report["similarity"]["n_releases_compared"] == 1
+
+    mine = tensors(hub, 9, 0.05)
+    data, _ = submit(hub, mine)
+    earlier = [AcceptedAdapter(5, "dana", data)]
+    rng = np.random.default_rng(2)
+    again = {k: x + rng.standard_normal(x.shape).astype(np.float32) * 0.05 for k, x in mine.items()}
+    _, run = submit(hub, again, **LOOSE)
+    v = run(accepted=earlier, contributor="dana")  # the same owner: judged as a resubmission
+    assert not v.accepted and v.report["check"] == "own_resubmission", v.report
+    assert v.report["numbers"]["original"] == "5" and "your earlier adapter 5" in v.report["message"]
+    v = run(accepted=earlier, contributor="erin")  # someone else: below the cosine threshold, new work
+    assert v.accepted, v.report

@@ -62,3 +62,23 @@ def test_cli_rotate_benchmark(tmp_path, monkeypatch):
     assert r1.output.split("-> ")[1].split()[0] == r2.output.split("rotated: ")[1].split()[0]
     r3 = runner.invoke(app, ["hub", "rotate-benchmark", "--storage", str(tmp_path)], input="n\n")
     assert r3.exit_code == 1
+
+
+def test_hidden_benchmark_overlaps_no_public_set():
+    """Every generated hidden item is checked against every built-in set (exact and n-gram)."""
+    from quantgrid.data.finance import generate
+    from quantgrid.data.sets import builtin_sets
+    from quantgrid.data.split import find_leakage
+    from quantgrid.hub.benchmark import public_examples, seed_from_secret
+
+    assert {"finance-train", "finance-dev", "general-ood"} <= set(builtin_sets())
+    public = public_examples()
+    # The raw draw of this secret does leak (the templates are shared with the public sets) ...
+    raw = generate(500, seed_from_secret("leaky"))
+    assert find_leakage(public, raw).leaked_bench
+    # ... the hidden benchmark made from it does not, and it is still full size and reproducible.
+    hidden = build_hidden_sets("leaky", 500).benchmark
+    report = find_leakage(public, hidden)
+    assert len(hidden) == 500 and report.overlaps == [], report.to_dict()
+    assert _texts(hidden) == _texts(build_hidden_sets("leaky", 500).benchmark)
+    assert len(set(_texts(hidden))) == 500

@@ -267,3 +267,20 @@ def test_agrees_with_peft_add_weighted_adapter(peft_model, combination, rank):
     assert set(ours.factors) == set(theirs)
     assert ours.rank == peft_model.peft_config[target].r
     assert relative_error(ours.factors, theirs) < 1e-4
+
+
+def test_trimmed_mean_trims_at_least_one_each_side_from_five_adapters():
+    from quantgrid.merge.methods import trim_count
+
+    assert [trim_count(n) for n in (1, 2, 3, 4)] == [0, 0, 0, 0]  # too few to trim both ends
+    assert [trim_count(n) for n in (5, 9, 10, 19, 20, 30)] == [1, 1, 1, 1, 2, 3]
+    assert trim_count(5, trim=0.0) == 1 and trim_count(7, trim=0.49) == 3  # never all of them
+    # Five adapters, one poisoned (x100): the old floor(0.1 * 5) = 0 kept it in the mean.
+    g = torch.Generator().manual_seed(3)
+    signal = {"m": LoraFactors(torch.randn(4, 8, generator=g), torch.randn(6, 4, generator=g), 1.0)}
+    honest = [{"m": LoraFactors(signal["m"].A + 0.02 * torch.randn(4, 8, generator=g), signal["m"].B, 1.0)}
+              for _ in range(4)]
+    poisoned = {"m": LoraFactors(signal["m"].A, 100 * signal["m"].B, 1.0)}
+    ref = {"m": merge(honest, rank=8).factors["m"].delta(torch.float64)}
+    robust = merge(honest + [poisoned], method="trimmed_mean", rank=8)
+    assert relative_error(robust.factors, ref) < 0.1

@@ -42,12 +42,38 @@ def test_versions_sort_numerically_and_reject_junk():
 
 
 def test_parse_schedule():
-    assert parse_schedule("SUN 03:00") == (6, dt.time(3, 0))
-    assert parse_schedule("mon 23:59") == (0, dt.time(23, 59))
-    assert parse_schedule("Sunday 3:05 UTC") == (6, dt.time(3, 5))
-    for bad in ("SUN", "03:00", "XYZ 03:00", "SUN 24:00", "SUN 03:60", ""):
-        with pytest.raises(ConfigError, match="not a release schedule"):
+    # the short weekday form is the same schedule as its cron expression
+    assert parse_schedule("SUN 03:00") == parse_schedule("0 3 * * SUN") == parse_schedule("0 3 * * 0")
+    assert parse_schedule("0 3 * * 7") == parse_schedule("0 3 * * SUN")  # cron: 7 is Sunday too
+    assert parse_schedule("mon 23:59") == parse_schedule("59 23 * * MON")
+    assert parse_schedule("Sunday 3:05 UTC") == parse_schedule("5 3 * * sun")
+    s = parse_schedule("*/15 9-17 * * MON-FRI")
+    assert s.minutes == {0, 15, 30, 45} and s.hours == set(range(9, 18)) and s.weekdays == {1, 2, 3, 4, 5}
+    for bad in ("SUN", "03:00", "XYZ 03:00", "SUN 24:00", "SUN 03:60", "", "0 3 * *", "0 25 * * *",
+                "0 3 * * FUNDAY", "0 3 32 * *", "0 3 * * 1/0"):
+        with pytest.raises(ConfigError, match="release schedule"):
             parse_schedule(bad)
+
+
+def test_off_and_default_schedule():
+    from quantgrid.merge.schedule import DEFAULT_SCHEDULE, schedule_or_none
+
+    assert DEFAULT_SCHEDULE == "0 3 * * SUN"
+    for off in ("off", "OFF", "none", "", "  ", None):
+        assert schedule_or_none(off) is None
+    assert schedule_or_none(" 0 3 * * SUN ") == "0 3 * * SUN"
+    with pytest.raises(ConfigError):
+        schedule_or_none("someday")
+
+
+def test_cron_slots():
+    # first day of the month at 12:30, and cron's OR rule when day and weekday are both given
+    assert last_slot("30 12 1 * *", t(2026, 12, 1, 12, 29)) == t(2026, 11, 1, 12, 30)
+    assert next_due("30 12 1 * *", t(2026, 11, 1, 12, 30), t(2026, 11, 20)) == t(2026, 12, 1, 12, 30)
+    assert last_slot("0 0 13 * FRI", t(2026, 11, 14, 1)) == t(2026, 11, 14 - 1, 0, 0)  # Fri 13 Nov
+    assert last_slot("0 0 13 * FRI", t(2026, 11, 12, 1)) == t(2026, 11, 6, 0, 0)  # a Friday (not the 13th)
+    with pytest.raises(ConfigError, match="never fires"):
+        last_slot("0 0 30 2 *", t(2026, 11, 1))
 
 
 def test_last_slot():

@@ -23,7 +23,7 @@ def handle_validate_job(ctx: JobContext) -> dict[str, Any]:
     """Judge submission ``payload["submission_id"]`` and record accept/reject with its report."""
     from quantgrid.hub.benchmark import hidden_sets
     from quantgrid.hub.server.releases import release_root
-    from quantgrid.hub.validate import AcceptedAdapter, ValidationConfig, validate_submission
+    from quantgrid.hub.validate import ValidationConfig, factor_cache, references, validate_submission
     from quantgrid.merge.release import ReleaseStore
 
     settings = ctx.settings
@@ -36,12 +36,17 @@ def handle_validate_job(ctx: JobContext) -> dict[str, Any]:
     with ctx.db.read() as s:
         rows = s.execute(select(Adapter.id, Adapter.blob_sha256, User.name).join(User, User.id == Adapter.user_id)
                          .where(Adapter.id != sub_id).order_by(Adapter.id)).all()
-    accepted = [AcceptedAdapter(aid, name, blobs.read_bytes(sha)) for aid, sha, name in rows]
+        owner = s.scalar(select(User.name).where(User.id == sub.user_id))
+    cache = factor_cache(settings)
+    accepted, releases = references(settings, rows, blobs.read_bytes, cache)
     release_dir = ReleaseStore(release_root(settings)).current_dir()
     verdict = validate_submission(
         data, recipe=settings.recipe, base_path=settings.recipe.base_model, hidden=hidden_sets(settings),
-        accepted=accepted, release_dir=release_dir, config=ValidationConfig.from_settings(settings),
+        accepted=accepted, release_dir=release_dir, releases=releases, contributor=owner,
+        config=ValidationConfig.from_settings(settings),
         progress=lambda msg: (log.info("submission %s: %s", sub_id, msg), ctx.heartbeat()))
+    if verdict.accepted and verdict.weights is not None:
+        cache.put(sub.blob_sha256, verdict.weights)  # later validations and releases read these factors
     record_verdict(ctx.db, settings, sub_id, accepted=verdict.accepted, report=verdict.report,
                    score=verdict.score if verdict.accepted else None, delta_info=verdict.delta_info)
     return {"submission_id": sub_id, "accepted": verdict.accepted, "stage": verdict.report["stage"],
