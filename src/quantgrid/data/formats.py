@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantgrid.data.prompts import split_context
 from quantgrid.data.types import Example
 from quantgrid.errors import DataError
 
@@ -197,8 +198,7 @@ def _parse_messages(rec: dict) -> Example:
     if history:
         meta["history"] = history
     # The layout _dump_messages (and the chat prompt) uses for grounded questions.
-    m = re.fullmatch(r"Context: (?P<c>.*?)\n\nQuestion: (?P<q>.*)", msgs[-2]["content"], re.S)
-    prompt, context = (m.group("q"), m.group("c")) if m else (msgs[-2]["content"], None)
+    prompt, context = split_context(msgs[-2]["content"])
     return Example(prompt=prompt, completion=msgs[-1]["content"], context=context, meta=meta)
 
 

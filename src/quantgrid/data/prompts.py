@@ -9,11 +9,17 @@ Templates are a registry (``TEMPLATES``). ``qa`` is the BullishAI layout and swi
 to ``context_qa`` when an example has context. ``chat`` uses the tokenizer's own chat
 template. An example with an empty prompt (a ``{"text"}`` record with no answer
 marker) trains on its whole text under every template: ``("", text)``.
+
+Serving gets chat messages, not Examples: ``example_from_messages`` reads them the way
+the training reader reads an OpenAI ``messages`` record, and ``render_messages`` gives
+the prompt training would have rendered (``quantgrid.data.chat_template`` writes the
+same thing as a Jinja chat template for other programs).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from quantgrid.data.types import Example
@@ -23,6 +29,10 @@ ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
                    "Write a response that appropriately completes the request.")
 ALPACA_PREAMBLE_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
                          "further context. Write a response that appropriately completes the request.")
+
+# A grounded user turn, as the chat prompt (and the messages record writer) lays it out.
+CONTEXT_USER_RE = re.compile(r"Context: (?P<c>.*?)\n\nQuestion: (?P<q>.*)", re.S)
+SYSTEM_ROLES = ("system", "developer")  # OpenAI's newer name for the system role
 
 Renderer = Callable[[Example, Any, "str | None"], tuple[str, str]]
 TEMPLATES: dict[str, Renderer] = {}
@@ -117,3 +127,49 @@ def render(example: Example, template: str, tokenizer: Any = None,
 def render_text(example: Example, template: str, tokenizer: Any = None, system_prompt: str | None = None) -> str:
     prompt, completion = render(example, template, tokenizer, system_prompt)
     return prompt + completion
+
+
+def split_context(user_text: str) -> tuple[str, str | None]:
+    """(question, context) of a user turn; context is None unless it reads ``Context: …\n\nQuestion: …``."""
+    m = CONTEXT_USER_RE.fullmatch(user_text)
+    return (m.group("q"), m.group("c")) if m else (user_text, None)
+
+
+def example_from_messages(messages: Sequence[Mapping[str, Any]]) -> Example:
+    """The Example (no completion) a chat request stands for: the last user turn is the
+    question, system turns the system prompt, the turns before it the history.
+
+    The same reading as a training ``messages`` record, so the prompt is the trained one.
+    """
+    system: list[str] = []
+    turns: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(content, str):
+            raise ConfigError(f"messages[{i}].content must be text, got {type(content).__name__}",
+                              hint="send the message text as a string (or as text content parts)")
+        if role in SYSTEM_ROLES:
+            system.append(content)
+        elif role in ("user", "assistant"):
+            turns.append({"role": role, "content": content})
+        else:
+            raise ConfigError(f"messages[{i}] has role {role!r}, which this model was not trained with",
+                              hint="use system, user and assistant messages")
+    if not turns or turns[-1]["role"] != "user":
+        raise ConfigError("the last message must be the user's (role 'user')",
+                          hint="end the conversation with the question to answer")
+    question, context = split_context(turns[-1]["content"])
+    if not question.strip():
+        raise ConfigError("the last user message has no question", hint="send the question as the last user message")
+    meta: dict[str, Any] = {}
+    if system:
+        meta["system"] = "\n".join(system)
+    if turns[:-1]:
+        meta["history"] = turns[:-1]
+    return Example(prompt=question, completion="", context=context, meta=meta)
+
+
+def render_messages(messages: Sequence[Mapping[str, Any]], template: str, tokenizer: Any = None,
+                    system_prompt: str | None = None) -> str:
+    """The prompt text training renders for this conversation (generation starts after it)."""
+    return render(example_from_messages(messages), template, tokenizer, system_prompt)[0]

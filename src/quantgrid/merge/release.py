@@ -153,11 +153,14 @@ def build_release(out_dir: Path, contribs: Sequence[Contribution], recipe: Recip
                   base_path: str, opts: BuildOptions, now: dt.datetime) -> dict[str, Any]:
     """Merge into ``out_dir`` (an empty directory) and return the release manifest (no metrics yet)."""
     from quantgrid.adapter import write_manifest
-    from quantgrid.ml.models import base_info
+    from quantgrid.data.chat_template import save_chat_template
+    from quantgrid.ml.models import base_info, load_tokenizer
 
     res, ordered = merge_contributions(contribs, recipe, opts)
     write_adapter(out_dir, res.factors, res.rank, base_model=recipe.base_model,
                   target_modules=recipe.lora.target_modules)
+    # The recipe's prompt as the tokenizer's chat template, as every adapter directory has it.
+    save_chat_template(out_dir, load_tokenizer(base_path), recipe.prompt_template, recipe.system_prompt)
     info = base_info(base_path)
     rel_recipe = Recipe.from_dict({**recipe.model_dump(mode="json"),
                                    "lora": {**recipe.lora.model_dump(), "r": res.rank, "alpha": res.rank}})

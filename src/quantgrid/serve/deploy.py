@@ -32,8 +32,11 @@ from quantgrid.errors import ConfigError, NotFound
 log = logging.getLogger(__name__)
 
 VERSION_RE = re.compile(r"^\d{4}\.\d{1,2}(\.\d+)?$")
+# The adapter, its records, and the tokenizer files carrying the recipe's chat template
+# (quantgrid.data.chat_template.save_chat_template writes them).
 RELEASE_FILES = ("adapter_config.json", "adapter_model.safetensors", "quantgrid.json", "release.json",
-                 "RELEASE_NOTES.md", "README.md")
+                 "RELEASE_NOTES.md", "README.md", "chat_template.jinja", "tokenizer_config.json", "tokenizer.json",
+                 "tokenizer.model", "special_tokens_map.json")
 
 
 @dataclass(frozen=True)

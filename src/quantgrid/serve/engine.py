@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from quantgrid.errors import ConfigError, ModelError, NotFound
+from quantgrid.errors import ConfigError, ModelError, NotFound, PayloadTooLarge
 from quantgrid.serve.events import Delta, Done, Event, Failed, TokenLogprob  # Delta/Done/Event re-exported
 from quantgrid.serve.lora_batch import (
     NO_ADAPTER,
@@ -88,13 +88,15 @@ class Engine:
     """Base model + LoRA slots + a scheduler thread. Call :meth:`start` before submitting."""
 
     def __init__(self, model, tokenizer, *, max_batch: int = 16, max_slots: int = 8, rank: int = 16,
-                 base=None):
+                 base=None, max_prompt_chars: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.base = base  # BaseInfo, for the adapter/base mismatch check
         self.max_batch = max_batch
         self.rank = rank
         self.context_length = int(getattr(model.config, "max_position_embeddings", 2048))
+        # No token is this long: a longer prompt cannot fit the context, so it is refused untokenized.
+        self.max_prompt_chars = max_prompt_chars or max(65536, 32 * self.context_length)
         self.device = next(model.parameters()).device
         self.eos_ids = self._eos_ids()
         self.ctx = LoraContext()
@@ -106,6 +108,7 @@ class Engine:
         self._waiting: deque[GenRequest] = deque()
         self._wake = threading.Condition()
         self._rows: list[GenRequest] = []
+        self._live: dict[int, GenRequest] = {}  # id -> request, from submit until its last event
         self._cache = None
         self._mask: torch.Tensor | None = None  # (B, L) 1 = real token, 0 = left padding
         self._plan: SlotPlan | None = None  # row -> slot plan of the running batch
@@ -166,14 +169,60 @@ class Engine:
     # ------------------------------------------------------------------ requests
 
     def encode(self, prompt: str) -> list[int]:
+        """Token ids of a raw prompt (completions, Ollama ``raw``), as training tokenizes text."""
+        self.check_prompt_size(len(prompt))
         return self.tokenizer(prompt)["input_ids"]
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    def prompt_format(self, adapter: str | None) -> AdapterInfo | None:
+        """The registered adapter whose training prompt a chat request is rendered with."""
+        return self.adapters.get(adapter) if adapter is not None else None
+
+    def encode_chat(self, messages: list[dict[str, Any]], adapter: str | None = None) -> list[int]:
+        """Token ids of a chat request for ``adapter``: the prompt that adapter was trained on.
+
+        An adapter from ``quantgrid train`` (or a release) names its recipe's template in its
+        manifest, and the ids are the training encoder's for the same question (the text
+        its ``chat_template.jinja`` renders too). An adapter with only a shipped
+        ``chat_template.jinja`` uses that; the base model and foreign adapters use the
+        base tokenizer's chat template.
+        """
+        self.check_prompt_size(sum(len(str(m.get("content") or "")) for m in messages))
+        info = self.prompt_format(adapter)
+        if info is not None and info.prompt_template is not None:
+            from quantgrid.data.prompts import example_from_messages
+            from quantgrid.eval.generate import prompt_ids
+
+            return prompt_ids(self.tokenizer, example_from_messages(messages), info.prompt_template,
+                              info.system_prompt)
+        template = info.chat_template if info is not None and info.chat_template else None
+        if template or getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
+                                                     tokenize=True)
             return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
         text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant: "
         return self.encode(text)
+
+    def encode_request(self, messages: list[dict[str, Any]] | None = None, prompt: str | None = None,
+                       adapter: str | None = None) -> list[int]:
+        """Ids of a chat request (``messages``) or a raw prompt, checked against the context."""
+        ids = self.encode_chat(messages, adapter) if messages is not None else self.encode(prompt or "")
+        self.check_prompt(len(ids))
+        return ids
+
+    async def aencode(self, messages: list[dict[str, Any]] | None = None, prompt: str | None = None,
+                      adapter: str | None = None) -> list[int]:
+        """``encode_request`` in a worker thread: a long prompt never stalls the event loop
+        (other requests, /health). Too long a prompt is refused before any tokenizing."""
+        self.check_prompt_size(len(prompt or "") if messages is None else
+                               sum(len(str(m.get("content") or "")) for m in messages))
+        return await asyncio.to_thread(self.encode_request, messages, prompt, adapter)
+
+    def check_prompt_size(self, n_chars: int) -> None:
+        """Refuse (413) a prompt longer than ``max_prompt_chars`` before tokenizing it."""
+        if n_chars > self.max_prompt_chars:
+            raise PayloadTooLarge(f"the prompt is {n_chars:,} characters; this server takes at most "
+                                  f"{self.max_prompt_chars:,} (its context is {self.context_length} tokens)",
+                                  hint="shorten the prompt or the chat history")
 
     def check_prompt(self, n_tokens: int) -> None:
         if n_tokens >= self.context_length:
@@ -181,6 +230,8 @@ class Engine:
                               f"{self.context_length} tokens", hint="shorten the prompt or the chat history")
 
     def submit(self, req: GenRequest) -> GenRequest:
+        """Queue a request; its settings are validated and clamped here (SamplingError: 400)."""
+        req.params = req.params.validated()
         if req.adapter is not None:
             info = self.adapters.get(req.adapter)
             if info is None:
@@ -188,13 +239,26 @@ class Engine:
             req.adapter_path = info.path
         self.check_prompt(len(req.prompt_ids))
         with self._wake:
+            self._live[req.id] = req
             self._waiting.append(req)
             self._wake.notify()
         return req
 
+    def cancel(self, request_id: int) -> bool:
+        """Cancel a queued or running request: it ends with ``Done("cancelled")`` at the next
+        step, its row and slot freed. False if it already finished."""
+        req = self._live.get(request_id)
+        if req is None:
+            return False
+        req.cancel()
+        with self._wake:
+            self._wake.notify()
+        return True
+
     async def stream(self, prompt_ids: list[int], params: SamplingParams,
                      adapter: str | None = None) -> AsyncIterator[Event]:
-        """Submit and yield events; leaving the loop early (a client gone) cancels the request."""
+        """Submit and yield events. Leaving early (``aclose``, a cancelled task: the client is
+        gone) cancels the request, so it stops within one decode step."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event] = asyncio.Queue()
         req = self.submit(GenRequest(prompt_ids, params, lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev),
@@ -283,18 +347,19 @@ class Engine:
                 self._waiting.popleft()
                 self._finish(req, "cancelled")
                 continue
-            if req.adapter is not None:
-                try:
+            try:
+                if req.adapter is not None:
                     slot = self.acquire_slot(req.adapter, req.adapter_path)
-                except Exception as e:
+                    if slot is None:
+                        break  # every slot is busy: wait for a running request to finish
+                    req.slot = slot
+                self._waiting.popleft()
+                req.generator = make_generator(req.params.seed)
+            except Exception as e:  # this request only: its slot (if any) goes back in _finish
+                if self._waiting and self._waiting[0] is req:
                     self._waiting.popleft()
-                    self._finish(req, None, error=e)
-                    continue
-                if slot is None:
-                    break  # every slot is busy: wait for a running request to finish
-                req.slot = slot
-            self._waiting.popleft()
-            req.generator = make_generator(req.params.seed)
+                self._finish(req, None, error=e)
+                continue
             new.append(req)
         if new:
             try:
@@ -387,27 +452,39 @@ class Engine:
             if r.cancelled:
                 self._finish(r, "cancelled")
                 continue
-            tok = sample_token(logits[i], r.params, r.generator)
-            r.last_token = tok  # fed at position r.pos by the next decode step
-            if tok in self.eos_ids and not r.params.ignore_eos:  # flush text held back for a possible stop string
-                self._emit_text(r, self._text(r), final=True)
-                self._finish(r, "stop")
-                continue
-            if r.params.logprobs is not None:
-                r.logprobs.append(self._token_logprob(r, logits[i], tok))
-            r.generated.append(tok)
-            self.stats.tokens_generated += 1
-            text = self._text(r)
-            cut = find_stop(text, r.params.stop)
-            if cut is not None:
-                self._emit_text(r, text[:cut], final=True)
-                self._finish(r, "stop")
-            elif len(r.generated) >= r.params.max_tokens or r.pos + 1 >= self.context_length:
-                self._emit_text(r, text, final=True)
-                self._finish(r, "length")
-            else:
-                self._emit_text(r, text, final=False)
+            try:
+                self._sample_row(r, logits[i])
+            except Exception as e:  # this row ends with the error; the others decode on
+                log.exception("request %s failed while decoding", r.id)
+                self._finish(r, None, error=e)
         self._drop_finished()
+
+    def _sample_row(self, r: GenRequest, logits: torch.Tensor) -> None:
+        """Sample, record and stream one token of one row (finishing it at eos, a stop or a limit)."""
+        if not bool(torch.isfinite(logits).any()):
+            raise ModelError("the model produced no finite logits for this request",
+                             hint="retry; if it persists, the adapter's weights may be broken")
+        tok = sample_token(logits, r.params, r.generator)
+        r.last_token = tok  # fed at position r.pos by the next decode step
+        if tok in self.eos_ids and not r.params.ignore_eos:  # flush text held back for a possible stop string
+            self._emit_text(r, self._text(r), final=True)
+            self._finish(r, "stop")
+            return
+        if r.params.logprobs is not None:
+            r.logprobs.append(self._token_logprob(r, logits, tok))
+        r.generated.append(tok)
+        self.stats.tokens_generated += 1
+        text = self._text(r)
+        # Text already sent holds no stop string's start (safe_prefix_len kept it back).
+        cut = find_stop(text, r.params.stop, start=r.sent_chars) if r.params.stop else None
+        if cut is not None:
+            self._emit_text(r, text[:cut], final=True)
+            self._finish(r, "stop")
+        elif len(r.generated) >= r.params.max_tokens or r.pos + 1 >= self.context_length:
+            self._emit_text(r, text, final=True)
+            self._finish(r, "length")
+        else:
+            self._emit_text(r, text, final=False)
 
     def _text(self, r: GenRequest) -> str:
         return self.tokenizer.decode(r.generated, skip_special_tokens=True)
@@ -439,17 +516,24 @@ class Engine:
         if r.finish_reason is not None:
             return
         r.finish_reason = reason or "error"
-        if r.slot != NO_ADAPTER:
-            self.slots.release(r.slot)
-        if error is not None:
-            self.stats.requests_failed += 1
-            r.sink(Failed(error))
-            return
-        if reason == "cancelled":
-            self.stats.requests_cancelled += 1
-        else:
-            self.stats.requests_finished += 1
-        r.sink(Done(reason, len(r.prompt_ids), len(r.generated)))
+        try:
+            if error is not None:
+                self.stats.requests_failed += 1
+                event: Event = Failed(error)
+            else:
+                if reason == "cancelled":
+                    self.stats.requests_cancelled += 1
+                else:
+                    self.stats.requests_finished += 1
+                event = Done(reason, len(r.prompt_ids), len(r.generated))
+            r.sink(event)
+        except Exception:  # a sink that cannot take events (its loop closed): nobody is listening
+            log.warning("request %s: could not deliver its last event", r.id, exc_info=True)
+        finally:
+            self._live.pop(r.id, None)
+            if r.slot != NO_ADAPTER:
+                self.slots.release(r.slot)
+                r.slot = NO_ADAPTER
 
     def _drop_finished(self) -> None:
         keep = [i for i, r in enumerate(self._rows) if r.finish_reason is None]

@@ -46,10 +46,11 @@ class ServeSettings(BaseModel):
     upstreams: list[UpstreamConfig] = Field(
         default_factory=list, description="fallback: NAME=URL[,key_env=VAR][,model=M], URL ending in /v1; "
         "repeatable, tried in order", json_schema_extra={"flag": "--upstream"})
-    router_method: Literal["arrow", "keywords"] = Field("arrow", description="how 'auto' picks an adapter",
-                                                        json_schema_extra={"flag": "--router"})
+    router_method: Literal["profile", "arrow", "keywords"] = Field(
+        "profile", description="how 'auto' picks an adapter: profile (its training questions' words), "
+        "arrow (LoRA directions) or keywords (its description)", json_schema_extra={"flag": "--router"})
     router_threshold: float | None = Field(None, description="minimum routing score "
-                                           "(default: 0.2 arrow, 0.34 keywords)")
+                                           "(default: 0.35 profile, 0.2 arrow, 0.34 keywords)")
     auto_fallback: Literal["release", "upstream"] = Field(
         "release", description="where 'auto' requests go when no adapter fits")
     api_key: SecretStr | None = Field(

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from quantgrid.data.chat_template import CHAT_TEMPLATE_FILE
+from quantgrid.data.profile import profile_terms
 from quantgrid.errors import ModelError
 
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
@@ -35,6 +37,13 @@ class AdapterInfo:
     description: str = ""
     keywords: list[str] = field(default_factory=list)
     version: str | None = None
+    # How its prompts were rendered in training: the recipe's template and system prompt
+    # (from the manifest), else a chat_template.jinja shipped in the directory, else nothing
+    # known (the base tokenizer's chat template is used).
+    prompt_template: str | None = None
+    system_prompt: str | None = None
+    chat_template: str | None = None
+    profile: dict[str, float] | None = None  # routing: word -> share of training questions
 
 
 @dataclass
@@ -61,15 +70,28 @@ def describe_adapter(name: str, path: str | Path) -> AdapterInfo:
         raise ModelError(f"adapter {name!r}: {p} is not an adapter directory "
                          "(needs adapter_config.json and adapter_model.safetensors)",
                          hint="pass the directory that `quantgrid train` or `quantgrid package` wrote")
-    desc, keywords, version = "", [], None
+    desc, keywords, version, manifest = "", [], None, {}
     if (p / "quantgrid.json").is_file():
-        manifest = json.loads((p / "quantgrid.json").read_text())
+        try:
+            manifest = json.loads((p / "quantgrid.json").read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ModelError(f"adapter {name!r}: {p / 'quantgrid.json'} is not valid JSON ({e})",
+                             hint="re-create the manifest with `quantgrid train` or `quantgrid package`") from None
+        if not isinstance(manifest, dict):
+            manifest = {}
         desc, keywords = _manifest_text(manifest)
         version = manifest.get("version") or manifest.get("release")
     if not keywords:
         keywords = keywords_from(desc)
+    recipe = manifest.get("recipe") if isinstance(manifest.get("recipe"), dict) else {}
+    template = recipe.get("prompt_template") if isinstance(recipe.get("prompt_template"), str) else None
+    system = recipe.get("system_prompt") if isinstance(recipe.get("system_prompt"), str) else None
+    jinja = p / CHAT_TEMPLATE_FILE
     return AdapterInfo(name=name, path=p, description=desc, keywords=keywords,
-                       version=str(version) if version is not None else None)
+                       version=str(version) if version is not None else None,
+                       prompt_template=template, system_prompt=system,
+                       chat_template=jinja.read_text(encoding="utf-8") if template is None and jinja.is_file() else None,
+                       profile=profile_terms(manifest.get("routing")))
 
 
 def keywords_from(text: str) -> list[str]:

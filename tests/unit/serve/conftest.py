@@ -51,3 +51,12 @@ def engine(tiny_base, adapters):
     eng.start()
     yield eng
     eng.stop()
+
+
+
+@pytest.fixture(scope="session")
+def trained_adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
+    """Adapters trained by QuantGridTrainer on distinct topics, one per prompt template."""
+    from serve_trained import train_all
+
+    return train_all(tiny_base, tmp_path_factory.mktemp("trained"))
