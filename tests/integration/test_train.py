@@ -14,13 +14,14 @@ from typer.testing import CliRunner  # noqa: E402
 from quantgrid.cli import app  # noqa: E402
 
 runner = CliRunner()
-EXPECTED_FILES = {"adapter_config.json", "adapter_model.safetensors", "quantgrid.json",
+EXPECTED_FILES = {"adapter_config.json", "adapter_model.safetensors", "quantgrid.json", "README.md",
+                  "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
                   "training/train_config.yaml", "training/TRAINING_LOG.md", "training/loss.png"}
+RECORD = ".quantgrid-train.json"  # the hidden list of files training wrote (never packaged)
 
 
 def _files(d: Path) -> set[str]:
-    return {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file()}
-
+    return {p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and p.name != RECORD}
 
 
 
@@ -64,7 +65,8 @@ def _completion_loss(model, tok, examples) -> float:
 def test_cli_writes_exactly_the_adapter_files(trained):
     out, result = trained
     assert "Adapter saved to" in result.output and out.name in result.output
-    assert _files(out) == EXPECTED_FILES  # no dataset, no checkpoints, no README, no full model
+    assert _files(out) == EXPECTED_FILES  # no dataset, no checkpoints, no full model; a model card
+    assert set(json.loads((out / RECORD).read_text())["files"]) == EXPECTED_FILES
     assert not out.with_name(out.name + ".checkpoints").exists()
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
 
@@ -147,14 +149,15 @@ def test_non_standard_rank_is_allowed_but_marked(tiny_base, finance_files, tmp_p
     (out / "notes.txt").write_text("not an adapter")
     result = runner.invoke(app, ["train", "--base-model", tiny_base, "--dataset", str(train), "--output", str(out),
                                  "--eval-dataset", str(dev), "--lora-rank", "8", "--max-steps", "1",
-                                 "--batch-size", "2", "--overwrite", "--include-dataset", "--progress", "none"])
+                                 "--batch-size", "2", "--include-dataset", "--progress", "none"])
     assert result.exit_code == 0, result.output
     assert "non-standard" in result.output and "lora.r" in result.output
     from quantgrid.adapter import read_manifest
 
     m = read_manifest(out)
     assert m.non_standard == ["lora.r"] and not m.standard
-    assert _files(out) == EXPECTED_FILES | {"training/dataset.jsonl"}  # --overwrite replaced notes.txt
+    assert _files(out) == EXPECTED_FILES | {"training/dataset.jsonl", "notes.txt"}  # the user's file is kept
+    assert (out / "notes.txt").read_text() == "not an adapter"
     assert "training/dataset.jsonl" not in m.files  # raw data is never hashed into the manifest
     assert len((out / "training/dataset.jsonl").read_text().splitlines()) == 120
     assert json.loads((out / "adapter_config.json").read_text())["r"] == 8
@@ -182,8 +185,8 @@ def test_hub_recipe_is_the_standard_and_keeps_its_hash(tiny_base, finance_files,
     monkeypatch.setattr(client.HubClient, "get_recipe", lambda self: hub_recipe)  # the network boundary
     out = tmp_path / "hub-run"
     result = runner.invoke(app, ["train", "--hub", "http://hub.example", "--base-model", tiny_base, "--dataset",
-                                 str(finance_files[0]), "--output", str(out), "--max-steps", "1",
-                                 "--progress", "none"])  # run settings only: the recipe is untouched
+                                 str(finance_files[0]), "--output", str(out), "--max-steps", "1", "--seed",
+                                 str(hub_recipe.training.seed), "--progress", "none"])  # the recipe is untouched
     assert result.exit_code == 0, result.output
     m = read_manifest(out)
     assert m.recipe_hash == hub_recipe.hash() and m.non_standard == []

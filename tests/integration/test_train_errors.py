@@ -63,14 +63,22 @@ def test_max_seq_length_shorter_than_the_prompts(tiny_base, data_file, tmp_path)
     assert not created
 
 
-def test_output_dir_that_is_not_an_adapter(tiny_base, data_file, tmp_path):
+def test_output_dir_with_a_file_training_did_not_write_at_one_of_its_paths(tiny_base, data_file, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "thesis.docx").write_text("precious")
+    (out / "README.md").write_text("my own notes")  # training writes a model card here
     result, _ = _train(tmp_path, tiny_base, data_file)
-    _assert_clear_error(result, "already exists and is not a quantgrid adapter", "--overwrite")
-    assert [p.name for p in out.iterdir()] == ["thesis.docx"]
+    _assert_clear_error(result, "README.md", "which training did not write", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "thesis.docx"]
+    assert (out / "README.md").read_text() == "my own notes"
     assert not (tmp_path / "out.checkpoints").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    # --overwrite replaces exactly the files training writes, nothing else
+    result, _ = _train(tmp_path, tiny_base, data_file, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (out / "thesis.docx").read_text() == "precious"
+    assert (out / "README.md").read_text().startswith("---\n")  # now the model card
 
 
 def test_invalid_flag_value_names_the_flag(tiny_base, data_file, tmp_path):

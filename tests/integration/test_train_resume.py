@@ -40,17 +40,17 @@ def test_interrupted_and_resumed_run_equals_straight_run(tiny_base, small_data, 
     from quantgrid.ml.trainer import QuantGridTrainer, TrainingInterrupted
 
     straight = QuantGridTrainer(base_model=tiny_base)
-    a = straight.train(small_data, tmp_path / "straight", **SETTINGS)
+    a = straight.train(small_data, tmp_path / "straight", seed=7, **SETTINGS)
 
     out = tmp_path / "resumed"
     t = QuantGridTrainer(base_model=tiny_base)
     with pytest.raises(TrainingInterrupted) as e:
-        t.train(small_data, out, on_step=_interrupt_at(3), **SETTINGS)
+        t.train(small_data, out, on_step=_interrupt_at(3), seed=7, **SETTINGS)
     assert "--resume" in e.value.hint and "step 3" in str(e.value)
     assert not out.exists()  # no half-written adapter
     assert [p.name for p in list_checkpoints(checkpoints_dir(out))] == ["step-000002", "step-000003"]
 
-    b = t.train(small_data, out, resume=True, **SETTINGS)
+    b = t.train(small_data, out, resume=True, **SETTINGS)  # no seed: the interrupted run's is used
     wa, wb = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
     assert wa.keys() == wb.keys()
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5

@@ -45,6 +45,8 @@ class TrainState:
     evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", "epoch", "eval_loss"}
     best_eval: float | None = None
     bad_evals: int = 0  # evals in a row without improvement, for early stopping
+    best_step: int | None = None  # the eval with the lowest loss after step 0 (load_best_model_at_end)
+    seed: int | None = None  # the run's seed: a resumed run continues with it
     identity: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -66,11 +68,20 @@ def list_checkpoints(ckpt_root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainState) -> Path:
-    """Write ``step-NNNNNN`` atomically and prune older ones. ``model`` is the PeftModel."""
+BEST = "best_adapter.safetensors"
+
+
+def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, state: TrainState,
+                    best: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``step-NNNNNN`` atomically and prune older ones. ``model`` is the PeftModel;
+    ``best`` the adapter weights of the best evaluation so far, when they are being kept."""
+    from safetensors.torch import save_file
+
     path = ckpt_root / f"step-{state.step:06d}"
     with atomic_dir(path, overwrite=True) as tmp:
         model.save_pretrained(str(tmp))  # adapter_config.json + adapter_model.safetensors, adapter only
+        if best is not None:
+            save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / BEST))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         rng = {"torch": torch.get_rng_state()}
@@ -98,6 +109,24 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return TrainState.from_dict(json.loads((path / STATE).read_text()))
+
+
+def load_best(path: Path) -> dict[str, torch.Tensor] | None:
+    """The best-evaluation weights saved with a checkpoint, if any."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path / BEST)) if (path / BEST).is_file() else None
+
+
+def checkpoint_seed(output_dir: str | Path) -> int | None:
+    """The seed of the unfinished run whose checkpoints are beside ``output_dir`` (for --resume)."""
+    found = list_checkpoints(checkpoints_dir(output_dir))
+    if not found:
+        return None
+    try:
+        return json.loads((found[-1] / STATE).read_text()).get("seed")
+    except ValueError:
+        return None
 
 
 def latest_checkpoint(output_dir: str | Path, identity: dict[str, Any]) -> Path:

@@ -47,7 +47,8 @@ class RunSettings(BaseModel):
     warmup_steps: int | None = Field(None, ge=0, description="learning-rate warmup in optimizer steps "
                                      "(default: the recipe's warmup_ratio of all steps)")
     resume: bool = Field(False, description="continue from the last checkpoint of this --output")
-    overwrite: bool = Field(False, description="replace --output even if it is not a quantgrid adapter")
+    overwrite: bool = Field(False, description="replace files at the paths training writes even if training did "
+                            "not write them (other files in --output are always kept)")
     include_dataset: bool = Field(False, description="copy the training data into training/dataset.jsonl "
                                   "(it is never part of a submission)")
     keep_checkpoints: bool = Field(False, description="keep <output>.checkpoints/ at the end")

@@ -115,7 +115,10 @@ def loss_table(state: TrainState, max_rows: int = 25) -> str:
 
 
 def training_log_md(*, config: dict[str, Any], data: dict[str, Any], state: TrainState, stopped: str,
-                    hardware: str, base: dict[str, Any], seconds: float, non_standard: list[str]) -> str:
+                    hardware: str, base: dict[str, Any], seconds: float, non_standard: list[str],
+                    kept: dict[str, Any] | None = None) -> str:
+    """The run's section of TRAINING_LOG.md. ``kept``: the evaluation whose weights were
+    written ({"step", "eval_loss"}) when best-checkpoint selection was on."""
     recipe = config["recipe"]
     lora, tr = recipe["lora"], recipe["training"]
     tps = state.tokens_seen / state.train_seconds if state.train_seconds else 0.0
@@ -147,7 +150,11 @@ def training_log_md(*, config: dict[str, Any], data: dict[str, Any], state: Trai
         f"(effective batch {tr['batch_size'] * tr['grad_accum']} examples)",
         f"- Learning rate {tr['lr']}, {tr['schedule']} schedule, warmup ratio {tr['warmup_ratio']}, "
         f"weight decay {tr['weight_decay']}, gradient clipping {tr['max_grad_norm']}",
-        f"- Max sequence length {tr['max_seq_length']}, seed {tr['seed']}, prompt template `{recipe['prompt_template']}`",
+        f"- Max sequence length {tr['max_seq_length']}, seed {tr['seed']}"
+        f"{' (drawn for this run; pass --seed ' + str(tr['seed']) + ' to repeat it)' if data.get('seed_drawn') else ''}"
+        f", prompt template `{recipe['prompt_template']}`",
+        f"- Held-out evaluation: every {config['run']['eval_steps']} steps" if config["run"].get("eval_steps")
+        else "- Held-out evaluation: at the end of each epoch",
         f"- Loss on completion tokens only; padding-free packed batches; backend {config['run']['backend']}",
         "",
         "## Result",
@@ -158,6 +165,12 @@ def training_log_md(*, config: dict[str, Any], data: dict[str, Any], state: Trai
     ]
     if first_eval is not None:
         lines.append(f"- Eval loss (nats/token): {first_eval:.4f} before training (the base) -> {last_eval:.4f}")
+    if kept is not None:
+        lines.append(f"- Kept weights: step {kept['step']} (the lowest held-out loss, {kept['eval_loss']:.4f}, "
+                     f"of {len(state.evals) - 1} evaluations; load_best_model_at_end); the last step was {state.step}")
+    elif config["run"].get("load_best_model_at_end"):
+        lines.append(f"- Kept weights: the last step ({state.step}); no evaluation after training started "
+                     "beat it")
     lines += [
         f"- Time taken: {_hms(seconds)} ({seconds:.1f} s, {state.train_seconds:.1f} s in training steps)",
         f"- Hardware: {hardware}",
@@ -168,6 +181,28 @@ def training_log_md(*, config: dict[str, Any], data: dict[str, Any], state: Trai
         "",
     ]
     return "\n".join(lines)
+
+
+LOG_BEGIN = "<!-- quantgrid train: begin. Training rewrites this section; notes outside it are kept. -->"
+LOG_END = "<!-- quantgrid train: end -->"
+
+
+def merge_log(existing: str | None, section: str, *, ours: bool) -> str:
+    """TRAINING_LOG.md with this run's ``section``, keeping what the user wrote.
+
+    The file is shared: contributors document their data sources there, and data
+    commands record provenance in it. Training replaces only the text between its
+    markers; a file without markers is kept whole with the section after it, unless
+    ``ours`` (an older run wrote it before the markers existed).
+    """
+    block = f"{LOG_BEGIN}\n{section.rstrip()}\n{LOG_END}\n"
+    if not existing or (ours and LOG_BEGIN not in existing):
+        return block
+    start, end = existing.find(LOG_BEGIN), existing.find(LOG_END)
+    if start != -1 and end > start:
+        rest = existing[end + len(LOG_END):].lstrip("\n")
+        return existing[:start] + block + ("\n" + rest if rest else "")
+    return existing.rstrip() + "\n\n" + block
 
 
 def plot_losses(state: TrainState, path: Path) -> None:

@@ -1,0 +1,267 @@
+"""Model cards: the ``README.md`` every adapter and every release carries.
+
+A card is what the Hugging Face Hub shows for a model: YAML front matter (the Hub's
+model-card metadata: ``base_model``, ``library_name: peft``, ``tags``, ``license``,
+``pipeline_tag`` and a ``model-index`` of evaluation results) and a human part (what
+the adapter was trained on, the recipe, the evaluation table, limitations).
+
+The metadata is built with ``huggingface_hub.ModelCardData`` so it is exactly what the
+Hub parses. A card never holds training or benchmark text: the data is described by
+the contributor's one-line description and counted/hashed, never quoted, and a local
+benchmark path is shown as "the contributor's benchmark" with its fingerprint.
+
+Results go in only when they belong to these weights: ``eval/results.json`` counts when
+the manifest's eval summary names the same benchmark fingerprint (retraining clears the
+summary, so a stale file from the previous adapter is left out of the card).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CARD = "README.md"
+TAGS = ["quantgrid", "finance", "lora", "peft"]
+PIPELINE_TAG = "text-generation"
+DEFAULT_LICENSE = "other"  # the Hub's value for "see the card": the author has not declared one
+PUBLIC_PREFIXES = ("builtin:", "hub:")  # benchmark names that are not private (quantgrid's or the hub's sets)
+
+LIMITATIONS = [
+    "A LoRA adapter changes a few low-rank matrices of the base model: it inherits the base's knowledge, "
+    "biases and failure modes, and its licence terms.",
+    "Trained for finance question answering on the data described above; outside that domain it is no better "
+    "than the base and may be worse (see the out-of-domain row, when measured).",
+    "Numbers in answers can be wrong: check every figure and calculation before relying on it.",
+    "Not investment advice. Nothing it writes is a recommendation to buy or sell anything.",
+]
+
+
+def _benchmark_name(name: str | None, fingerprint: str | None) -> str:
+    if name and name.startswith(PUBLIC_PREFIXES):
+        return name
+    return f"contributor benchmark {fingerprint[:12]}" if fingerprint else "contributor benchmark"
+
+
+def _f(x: Any, spec: str = ".4f") -> str:
+    return format(x, spec) if isinstance(x, (int, float)) and not isinstance(x, bool) else "—"
+
+
+def front_matter(*, name: str, base_model: str, license: str | None, eval_rows: list[dict[str, Any]],
+                 extra_tags: list[str] | None = None) -> str:
+    """The YAML metadata block (without the ``---`` fences), via huggingface_hub's schema.
+
+    ``eval_rows``: {"dataset", "dataset_type", "metric", "value", "name"} per metric.
+    """
+    from huggingface_hub import EvalResult, ModelCardData
+
+    results = [EvalResult(task_type=PIPELINE_TAG, task_name="Finance question answering",
+                          dataset_type=r["dataset_type"], dataset_name=r["dataset"], metric_type=r["metric"],
+                          metric_value=r["value"], metric_name=r["name"]) for r in eval_rows]
+    data = ModelCardData(base_model=base_model, library_name="peft", license=license or DEFAULT_LICENSE,
+                         tags=[*TAGS, *(extra_tags or [])], pipeline_tag=PIPELINE_TAG, model_name=name,
+                         eval_results=results or None)
+    return data.to_yaml()
+
+
+def render(meta_yaml: str, body: str) -> str:
+    return f"---\n{meta_yaml.strip()}\n---\n\n{body.strip()}\n"
+
+
+# ------------------------------------------------------------------ adapters
+
+
+def fresh_results(adapter_dir: str | Path) -> dict[str, Any] | None:
+    """``eval/results.json`` if it was measured on these weights (see the module docstring)."""
+    d = Path(adapter_dir)
+    p, m = d / "eval" / "results.json", d / "quantgrid.json"
+    if not p.is_file() or not m.is_file():
+        return None
+    try:
+        results = json.loads(p.read_text(encoding="utf-8"))
+        summary = json.loads(m.read_text(encoding="utf-8")).get("eval") or {}
+    except ValueError:
+        return None
+    if not isinstance(results, dict) or not summary:
+        return None
+    if summary.get("benchmark_fingerprint") != results.get("benchmark_fingerprint"):
+        return None
+    return results
+
+
+def eval_rows(results: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """model-index rows from a results.json: the primary metric, the loss, each extra metric, OOD loss."""
+    if not results:
+        return []
+    bench = _benchmark_name(results.get("benchmark"), results.get("benchmark_fingerprint"))
+    btype = results.get("benchmark") if bench == results.get("benchmark") else "private"
+    rows: list[dict[str, Any]] = []
+
+    def add(dataset: str, dtype: str, metric: str, value: Any, name: str) -> None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append({"dataset": dataset, "dataset_type": dtype, "metric": metric, "value": float(value),
+                         "name": name})
+
+    loss = (results.get("loss") or {}).get("adapter") or {}
+    add(bench, btype, "loss", loss.get("mean_nats_per_token"), "loss (nats per completion token)")
+    add(bench, btype, "perplexity", loss.get("perplexity"), "perplexity")
+    for metric, block in (results.get("metrics") or {}).items():
+        if isinstance(block, dict):
+            add(bench, btype, metric, (block.get("adapter") or {}).get("score"), metric)
+    ood = results.get("ood") or {}
+    if ood:
+        oname = _benchmark_name(ood.get("benchmark"), None)
+        add(oname, ood.get("benchmark") if oname == ood.get("benchmark") else "private", "loss",
+            (ood.get("adapter") or {}).get("mean_nats_per_token"), "out-of-domain loss (nats per completion token)")
+    return rows
+
+
+def _eval_table(results: dict[str, Any] | None) -> list[str]:
+    if not results:
+        return ["Not evaluated yet. `quantgrid eval --adapter DIR --benchmark FILE` measures it and refreshes "
+                "this card."]
+    bench = _benchmark_name(results.get("benchmark"), results.get("benchmark_fingerprint"))
+    lines = [f"On {bench} ({results.get('n_examples', '?')} examples); lower loss is better.", "",
+             "| measure | base | adapter | change |", "|---|---:|---:|---:|"]
+    loss = results.get("loss") or {}
+    b, a = (loss.get("base") or {}).get("mean_nats_per_token"), (loss.get("adapter") or {}).get("mean_nats_per_token")
+    lines.append(f"| loss (nats/token) | {_f(b)} | {_f(a)} | {_f(loss.get('delta'), '+.4f')} |")
+    for metric, block in (results.get("metrics") or {}).items():
+        if isinstance(block, dict):
+            lines.append(f"| {metric} | {_f((block.get('base') or {}).get('score'))} | "
+                         f"{_f((block.get('adapter') or {}).get('score'))} | "
+                         f"{_f(block.get('improvement'), '+.2%')} |")
+    ood = results.get("ood") or {}
+    if ood:
+        lines.append(f"| out-of-domain loss ({_benchmark_name(ood.get('benchmark'), None)}) | "
+                     f"{_f((ood.get('base') or {}).get('mean_nats_per_token'))} | "
+                     f"{_f((ood.get('adapter') or {}).get('mean_nats_per_token'))} | {_f(ood.get('delta'), '+.4f')} |")
+    verdict = results.get("verdict") or {}
+    if "passed" in verdict:
+        lines += ["", f"Minimum bar (better than the base in domain, bounded forgetting): "
+                      f"{'passed' if verdict['passed'] else 'not passed'}."]
+    return lines
+
+
+def _recipe_lines(recipe: dict[str, Any], non_standard: list[str]) -> list[str]:
+    lora, tr = recipe.get("lora", {}), recipe.get("training", {})
+    std = (f"**non-standard** ({', '.join(non_standard)}): fine for local use, not mergeable into hub releases"
+           if non_standard else "the standard quantgrid recipe")
+    return [f"Trained with {std}.", "",
+            "| setting | value |", "|---|---|",
+            f"| LoRA rank / alpha / dropout | {lora.get('r')} / {lora.get('alpha')} / {lora.get('dropout')} |",
+            f"| target modules | {', '.join(lora.get('target_modules', []))} |",
+            f"| epochs / learning rate / schedule | {tr.get('epochs')} / {tr.get('lr')} / {tr.get('schedule')} |",
+            f"| batch size x gradient accumulation | {tr.get('batch_size')} x {tr.get('grad_accum')} |",
+            f"| max sequence length | {tr.get('max_seq_length')} |",
+            f"| seed | {tr.get('seed')} |",
+            f"| prompt template | `{recipe.get('prompt_template')}` |"]
+
+
+def adapter_card(manifest: dict[str, Any], *, name: str, results: dict[str, Any] | None = None,
+                 license: str | None = None) -> str:
+    """README.md for an adapter directory, from its manifest (as a dict) and its results."""
+    base = (manifest.get("base_model") or {}).get("name") or manifest.get("recipe", {}).get("base_model", "")
+    dataset = manifest.get("dataset") or {}
+    fp = dataset.get("fingerprint") or {}
+    author = manifest.get("author")
+    desc = (dataset.get("description") or "").strip() or "No description given (`quantgrid train --description`)."
+    body = [f"# {name}", "",
+            f"A LoRA adapter for `{base}`, trained with [quantgrid](https://github.com/quantgrid/quantgrid)"
+            + (f" by {author}." if author else "."), "",
+            "## Training data", "", desc, ""]
+    if fp.get("n_examples"):
+        body += [f"{fp['n_examples']} training examples (dataset fingerprint `{str(fp.get('sha256', ''))[:16]}`). "
+                 "The data itself is not part of this adapter.", ""]
+    body += ["## Recipe", "", *_recipe_lines(manifest.get("recipe") or {}, manifest.get("non_standard") or []), "",
+             "The full settings are in `training/train_config.yaml`, the loss curves in `training/TRAINING_LOG.md`.",
+             "", "## Evaluation", "", *_eval_table(results), "",
+             "## How to use", "", "```python",
+             "from peft import PeftModel",
+             "from transformers import AutoModelForCausalLM, AutoTokenizer",
+             "",
+             f'base = AutoModelForCausalLM.from_pretrained("{base}")',
+             f'tokenizer = AutoTokenizer.from_pretrained("{base}")',
+             'model = PeftModel.from_pretrained(base, "PATH_OR_REPO_OF_THIS_ADAPTER")',
+             "```", "", "Or serve it: `quantgrid serve --base-model BASE --adapter DIR`.", "",
+             "## Limitations", "", *[f"- {x}" for x in LIMITATIONS], ""]
+    meta = front_matter(name=name, base_model=base, license=license, eval_rows=eval_rows(results))
+    return render(meta, "\n".join(body))
+
+
+def write_adapter_card(adapter_dir: str | Path, *, name: str | None = None, license: str | None = None,
+                       results: dict[str, Any] | None = None) -> Path:
+    """(Re)write ``README.md`` of an adapter directory from its manifest and fresh results."""
+    from quantgrid.utils import atomic_write_text
+
+    d = Path(adapter_dir)
+    manifest = json.loads((d / "quantgrid.json").read_text(encoding="utf-8"))
+    if license is None:
+        license = _license_from_card(d / CARD)
+    results = results if results is not None else fresh_results(d)
+    return atomic_write_text(d / CARD, adapter_card(manifest, name=name or d.resolve().name, results=results,
+                                                    license=license))
+
+
+def _license_from_card(path: Path) -> str | None:
+    """Keep the licence an earlier card declared when the card is refreshed."""
+    meta = read_front_matter(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    lic = meta.get("license")
+    return lic if isinstance(lic, str) and lic != DEFAULT_LICENSE else None
+
+
+def read_front_matter(text: str) -> dict[str, Any]:
+    """The YAML metadata of a card ({} if it has none)."""
+    import yaml
+
+    if not text.startswith("---\n"):
+        return {}
+    end = text.find("\n---", 4)
+    if end == -1:
+        return {}
+    data = yaml.safe_load(text[4:end])
+    return data if isinstance(data, dict) else {}
+
+
+# ------------------------------------------------------------------ releases
+
+
+def release_card(manifest: dict[str, Any], *, license: str | None = None) -> str:
+    """README.md for a release directory, from its release.json."""
+    m = manifest
+    version, base = m.get("version", "?"), m.get("base_model", "")
+    met = m.get("metrics") or {}
+    bench = met.get("benchmark") or {}
+    rows = []
+    if isinstance(bench.get("new"), (int, float)):
+        rows.append({"dataset": "quantgrid hidden benchmark", "dataset_type": "hub:hidden", "metric": "loss",
+                     "value": float(bench["new"]), "name": "loss (nats per completion token)"})
+    ood = met.get("ood") or {}
+    if isinstance(ood.get("new"), (int, float)):
+        rows.append({"dataset": "out-of-domain set", "dataset_type": "hub:ood", "metric": "loss",
+                     "value": float(ood["new"]), "name": "out-of-domain loss (nats per completion token)"})
+    adapters = m.get("adapters") or []
+    body = [f"# quantgrid release {version}", "",
+            f"A LoRA adapter for `{base}`: {len(adapters)} contributed adapter(s) from "
+            f"{len(m.get('contributors') or [])} contributor(s), merged with `{m.get('method')}` to rank "
+            f"{m.get('rank')}.", "",
+            "## Training data", "",
+            "Each contributor trained on their own finance data, which never left their machine; only the "
+            "adapters were submitted. The contributors' one-line descriptions are on the hub's leaderboard.", "",
+            "## Recipe", "", f"Every adapter in it was trained with the hub's recipe "
+                             f"(`{m.get('recipe_hash', '?')}`), which is what makes an exact merge possible.", "",
+            "## Evaluation", ""]
+    if bench:
+        body += ["| set | previous | this release | change |", "|---|---:|---:|---:|",
+                 f"| hidden benchmark (nats/token) | {_f(bench.get('previous'))} | {_f(bench.get('new'))} | "
+                 f"{_f(bench.get('delta'), '+.4f')} |"]
+        if ood:
+            body.append(f"| out-of-domain (nats/token) | {_f(ood.get('previous'))} | {_f(ood.get('new'))} | "
+                        f"{_f(ood.get('delta'), '+.4f')} |")
+        body += ["", "Details: `RELEASE_NOTES.md`."]
+    else:
+        body.append("Not evaluated.")
+    body += ["", "## Limitations", "", *[f"- {x}" for x in LIMITATIONS], ""]
+    meta = front_matter(name=f"quantgrid-{version}", base_model=base, license=license, eval_rows=rows,
+                        extra_tags=["merge"])
+    return render(meta, "\n".join(body))
