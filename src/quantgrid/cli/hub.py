@@ -1,21 +1,24 @@
 """CLI: ``quantgrid hub ...`` — run and administer a hub.
 
-Every hub command takes the same settings options. To add a command to this group from
-another CLI module (e.g. ``hub worker``, ``hub release``), reuse them like this::
+Every hub command's settings are fields of :class:`quantgrid.hub.settings.HubSettings`, and
+the flags are generated from them (:mod:`quantgrid.cli.options`). To add a command to this
+group from another CLI module (e.g. ``hub worker``, ``hub release``)::
 
-    from quantgrid.cli.hub import ConfigOpt, DbOpt, StorageOpt, RecipeOpt, BaseModelOpt, hub_app, hub_settings
+    from quantgrid.cli.hub import HUB_FLAGS, hub_app, load_hub
+    from quantgrid.cli.options import settings_command
 
-    def worker(db: DbOpt = None, storage: StorageOpt = None, recipe: RecipeOpt = None,
-               base_model: BaseModelOpt = None, config: ConfigOpt = None) -> None:
+    @settings_command(HUB_FLAGS)
+    def worker(**given) -> None:
         '''Run the validation worker.'''
-        settings = hub_settings(db, storage, recipe, base_model, config)
+        settings = load_hub(**given)
         ...
 
     def register(app):            # called from quantgrid.cli (the root app)
         hub_app.command("worker")(worker)
 
+A command that needs only where the hub's data lives uses ``HUB_STORAGE_FLAGS``.
 Commands added to ``hub_app`` at any time before the CLI runs show up under ``quantgrid hub``.
-Precedence of settings: these flags > ``QUANTGRID_HUB_*`` environment > ``--config`` YAML > defaults.
+Precedence of settings: flags > ``QUANTGRID_HUB_*`` environment > ``--config`` YAML > defaults.
 """
 
 from __future__ import annotations
@@ -25,9 +28,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel, Field
+from rich.markup import escape
 from rich.table import Table
 
 from quantgrid.cli._common import console, err_console
+from quantgrid.cli.options import Flags, option_parameter, settings_command
+from quantgrid.hub.settings import HubSettings
+from quantgrid.settings import settings_of
 
 hub_app = typer.Typer(
     name="hub",
@@ -39,41 +47,32 @@ user_app = typer.Typer(name="user", help="Manage hub users and their API tokens.
 hub_app.add_typer(user_app)
 
 _PANEL = "Hub settings"
-DbOpt = Annotated[str | None, typer.Option(
-    "--db", help="SQLAlchemy database URL \\[default: sqlite under --storage]; e.g. postgresql+psycopg://u@h/db",
-    rich_help_panel=_PANEL, show_default=False)]
-StorageOpt = Annotated[Path | None, typer.Option(
-    "--storage", help="Directory for blobs, the benchmark secret and releases \\[default: ./quantgrid-hub]",
-    rich_help_panel=_PANEL, show_default=False)]
-RecipeOpt = Annotated[Path | None, typer.Option(
-    "--recipe", help="The hub's recipe YAML (see `quantgrid recipe show`).", rich_help_panel=_PANEL,
-    show_default=False)]
-BaseModelOpt = Annotated[str | None, typer.Option(
-    "--base-model", help="Base model id or local path; the recipe's other settings stay standard.",
-    rich_help_panel=_PANEL, show_default=False)]
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", help="YAML file of hub settings (any HubSettings field).", rich_help_panel=_PANEL,
-    show_default=False)]
+HUB_FLAGS = Flags(settings_of(HubSettings), panel=_PANEL)
+HUB_STORAGE_FLAGS = Flags(settings_of(HubSettings, only=("db_url", "storage_dir", "config_file")), panel=_PANEL)
 
 
-def hub_settings(db: str | None = None, storage: Path | None = None, recipe: Path | None = None,
-                 base_model: str | None = None, config: Path | None = None, **overrides: Any):
+def _alias(name: str) -> Any:
+    """A HubSettings field as an ``Annotated`` Typer option, for commands written by hand."""
+    return option_parameter(HUB_FLAGS.settings[name], _PANEL).annotation
+
+
+DbOpt = _alias("db_url")
+StorageOpt = _alias("storage_dir")
+RecipeOpt = _alias("recipe")
+BaseModelOpt = _alias("base_model")
+ConfigOpt = _alias("config_file")
+
+
+def load_hub(**given: Any) -> HubSettings:
+    """The hub flags the user set (by field name) -> HubSettings (with env and ``--config``)."""
+    return HubSettings.load(config=given.pop("config_file", None), **given)
+
+
+def hub_settings(db: str | None = None, storage: Path | None = None, recipe: Path | str | None = None,
+                 base_model: str | None = None, config: Path | None = None, **overrides: Any) -> HubSettings:
     """Resolve the shared hub options (plus any extra field overrides) into ``HubSettings``."""
-    from quantgrid.errors import ConfigError
-    from quantgrid.hub.settings import HubSettings
-    from quantgrid.recipe import Recipe
-
-    if recipe is not None and base_model is not None:
-        raise ConfigError("--recipe and --base-model both given",
-                          hint="set base_model inside the recipe file, or pass only --base-model")
-    settings = HubSettings.load(config=config, db_url=db, storage_dir=storage,
-                                recipe=str(recipe) if recipe is not None else None, **overrides)
-    if base_model is not None:
-        local = Path(base_model).expanduser()
-        name = str(local.resolve()) if local.exists() else base_model
-        new = Recipe.from_dict({**settings.recipe.model_dump(mode="json"), "base_model": name}, source="--base-model")
-        settings = settings.model_copy(update={"recipe": new})
-    return settings
+    return load_hub(db_url=db, storage_dir=storage, recipe=str(recipe) if recipe is not None else None,
+                    base_model=base_model, config_file=config, **overrides)
 
 
 def _open_db(settings):
@@ -86,85 +85,74 @@ def _open_db(settings):
 
 
 @hub_app.command("serve")
-def serve(
-    host: Annotated[str | None, typer.Option("--host", help="Interface to listen on \\[default: 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="TCP port \\[default: 8080]")] = None,
-    worker: Annotated[bool | None, typer.Option(
-        "--worker/--no-worker", help="Also run a job worker thread in this process \\[default: on]")] = None,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error")] = "info",
-    release_schedule: Annotated[str | None, typer.Option(
-        "--release-schedule", help='Release automatically every week at this UTC time, e.g. "SUN 03:00"; '
-                                   "a release missed while the hub was down runs at startup \\[default: off]")] = None,
-    db: DbOpt = None, storage: StorageOpt = None, recipe: RecipeOpt = None,
-    base_model: BaseModelOpt = None, config: ConfigOpt = None,
-) -> None:
+@settings_command(HUB_FLAGS)
+def serve(**given: Any) -> None:
     """Run the hub's HTTP API (OpenAPI docs at /docs) until Ctrl-C."""
     import uvicorn
 
     from quantgrid.hub.server import create_app
 
-    settings = hub_settings(db, storage, recipe, base_model, config, host=host, port=port, worker_enabled=worker,
-                            release_schedule=release_schedule)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_hub(**given)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     err_console.print(f"hub: recipe {settings.recipe.hash()} (base {settings.recipe.base_model}), "
                       f"db {settings.database_url}, worker {'on' if settings.worker_enabled else 'off'}",
-                      highlight=False)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level.lower(),
+                      highlight=False, markup=False)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 timeout_graceful_shutdown=5)
 
 
 # ---- hub user ... ----
 
 
+class UserAddOptions(BaseModel):
+    admin: bool = Field(False, description="may see every submission's full report")
+
+
 @user_app.command("add")
-def user_add(
-    name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ -)")],
-    admin: Annotated[bool, typer.Option("--admin", help="May see every submission's full report")] = False,
-    db: DbOpt = None, storage: StorageOpt = None, config: ConfigOpt = None,
-) -> None:
+@settings_command(Flags(settings_of(UserAddOptions)), HUB_STORAGE_FLAGS)
+def user_add(name: Annotated[str, typer.Argument(help="User name (letters, digits, . _ -)")], **given: Any) -> None:
     """Create a user and print their API token (shown once; only its hash is stored)."""
     from quantgrid.hub.server.auth import add_user
 
-    token = add_user(_open_db(hub_settings(db, storage, config=config)), name, admin=admin)
-    err_console.print(f"created {'admin ' if admin else ''}user [bold]{name}[/]; "
+    admin = bool(given.pop("admin", False))
+
+    token = add_user(_open_db(load_hub(**given)), name, admin=admin)
+    err_console.print(f"created {'admin ' if admin else ''}user [bold]{escape(name)}[/]; "
                       "their token (shown once, keep it secret):")
     typer.echo(token)
 
 
 @user_app.command("token")
-def user_token(
-    name: Annotated[str, typer.Argument(help="Existing user name")],
-    db: DbOpt = None, storage: StorageOpt = None, config: ConfigOpt = None,
-) -> None:
+@settings_command(HUB_STORAGE_FLAGS)
+def user_token(name: Annotated[str, typer.Argument(help="Existing user name")], **given: Any) -> None:
     """Issue another API token for an existing user (also re-enables a revoked user)."""
     from quantgrid.hub.server.auth import issue_token
 
-    token = issue_token(_open_db(hub_settings(db, storage, config=config)), name)
-    err_console.print(f"new token for [bold]{name}[/] (shown once):")
+    token = issue_token(_open_db(load_hub(**given)), name)
+    err_console.print(f"new token for [bold]{escape(name)}[/] (shown once):")
     typer.echo(token)
 
 
 @user_app.command("revoke")
-def user_revoke(
-    name: Annotated[str, typer.Argument(help="User whose tokens to revoke")],
-    db: DbOpt = None, storage: StorageOpt = None, config: ConfigOpt = None,
-) -> None:
+@settings_command(HUB_STORAGE_FLAGS)
+def user_revoke(name: Annotated[str, typer.Argument(help="User whose tokens to revoke")], **given: Any) -> None:
     """Revoke every API token of a user; their requests get 401 from now on."""
     from quantgrid.hub.server.auth import revoke_user
 
-    n = revoke_user(_open_db(hub_settings(db, storage, config=config)), name)
-    console.print(f"revoked {n} token(s) of {name}")
+    n = revoke_user(_open_db(load_hub(**given)), name)
+    console.print(f"revoked {n} token(s) of {name}", highlight=False, markup=False)
 
 
 @user_app.command("list")
-def user_list(db: DbOpt = None, storage: StorageOpt = None, config: ConfigOpt = None) -> None:
+@settings_command(HUB_STORAGE_FLAGS)
+def user_list(**given: Any) -> None:
     """List users: name, admin, whether they hold a live token."""
     from quantgrid.hub.server.auth import list_users
 
     table = Table("name", "admin", "active", "created")
-    for u in list_users(_open_db(hub_settings(db, storage, config=config))):
-        table.add_row(u["name"], "yes" if u["admin"] else "", "yes" if u["active"] else "revoked",
+    for u in list_users(_open_db(load_hub(**given))):
+        table.add_row(escape(u["name"]), "yes" if u["admin"] else "", "yes" if u["active"] else "revoked",
                       u["created_at"].strftime("%Y-%m-%d %H:%M"))
     console.print(table)
 

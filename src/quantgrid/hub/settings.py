@@ -14,27 +14,18 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from quantgrid.errors import ConfigError
-from quantgrid.recipe import Recipe, format_validation_error
+from quantgrid.recipe import Recipe
+from quantgrid.settings import describe_errors, settings_of
 from quantgrid.utils import load_yaml_mapping
 
 ENV_PREFIX = "QUANTGRID_HUB_"
-
-# Names of the CLI flags, so a bad value is reported the way the user typed it.
-FLAG_NAMES = {
-    "db_url": "--db",
-    "storage_dir": "--storage",
-    "recipe": "--recipe",
-    "host": "--host",
-    "port": "--port",
-    "release_schedule": "--release-schedule",
-}
 
 
 class _YamlConfigSource(PydanticBaseSettingsSource):
@@ -73,21 +64,30 @@ class HubSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
 
     # ---- where things live ----
-    config_file: Path | None = Field(None, description="YAML file these settings were read from (--config)")
-    storage_dir: Path = Field(Path("quantgrid-hub"), description="blob store, benchmark and releases live here")
-    db_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<storage_dir>/hub.db")
+    config_file: Path | None = Field(None, description="YAML file of hub settings (any of these settings, "
+                                     "by name)", json_schema_extra={"flag": "--config"})
+    storage_dir: Path = Field(Path("quantgrid-hub"), description="directory for blobs, the benchmark secret and "
+                              "releases", json_schema_extra={"flag": "--storage"})
+    db_url: str | None = Field(None, description="SQLAlchemy database URL, e.g. postgresql+psycopg://u@h/db "
+                               "(default: sqlite under --storage)", json_schema_extra={"flag": "--db"})
     public_url: str | None = Field(None, description="URL contributors use to reach this hub (shown in messages)")
     storage_url: str | None = Field(None, description="where submission blobs live: a directory (default "
                                     "<storage_dir>/blobs) or an fsspec URL such as s3://bucket/prefix")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for storage_url, "
-                                            'e.g. {"endpoint_url": "http://127.0.0.1:9000"} for an S3-compatible server')
+                                            'e.g. {"endpoint_url": "http://127.0.0.1:9000"} for an S3-compatible server',
+                                            # not a flag: the options may hold credentials, which `ps` would show
+                                            json_schema_extra={"cli": False})
 
     # ---- what contributors must follow ----
-    recipe: Annotated[Recipe, NoDecode] = Field(default_factory=Recipe, description="the hub's recipe")
+    recipe: Annotated[Recipe, NoDecode] = Field(default_factory=Recipe, description="the hub's recipe: a YAML file "
+                                                "(see `quantgrid recipe show`)", json_schema_extra={"flag": "--recipe"})
+    base_model: str | None = Field(None, description="base model id or local path; the recipe's other settings "
+                                   "stay standard")
 
     # ---- network ----
-    host: str = "127.0.0.1"
-    port: int = Field(8080, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
     # ---- limits ----
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024, description="largest accepted submission zip")
@@ -103,16 +103,20 @@ class HubSettings(BaseSettings):
                                     "staging directories younger than this (an upload may be about to commit)")
 
     # ---- jobs ----
-    worker_enabled: bool = Field(True, description="`hub serve` also runs a job worker thread")
-    worker_poll_seconds: float = Field(1.0, gt=0)
+    worker_enabled: bool = Field(True, description="`hub serve` also runs a job worker thread",
+                                 json_schema_extra={"flag": "--worker/--no-worker"})
+    worker_poll_seconds: float = Field(1.0, gt=0, description="seconds an idle worker waits between looks for jobs")
     job_lease_seconds: float = Field(900.0, gt=0, description="a job whose worker is silent this long is retried")
     job_max_attempts: int = Field(3, ge=1, description="a job that fails this many times stops, with a report")
 
     # ---- validation (used by the validation worker) ----
-    benchmark_secret: SecretStr | None = Field(None, description="seeds the hidden benchmark; default: a secret file in storage_dir")
-    benchmark_size: int = Field(500, ge=10)
+    # Not a flag: a secret on the command line shows in `ps`; use the environment or --config.
+    benchmark_secret: SecretStr | None = Field(None, description="seeds the hidden benchmark; default: a secret file "
+                                               "in storage_dir", json_schema_extra={"cli": False})
+    benchmark_size: int = Field(500, ge=10, description="templated items in the hidden benchmark")
     benchmark_files: list[Path] = Field(default_factory=list, description="operator's own benchmark files (JSON/JSONL), "
-                                        "added to the hidden benchmark; they never leave the hub")
+                                        "added to the hidden benchmark; they never leave the hub (repeatable)",
+                                        json_schema_extra={"flag": "--benchmark-file"})
     min_loss_improvement: float = Field(0.0, ge=0, description="extra margin, nats/token: the bootstrap 95% interval "
                                         "of (candidate - base) loss must reach below -margin (0 = match or beat)")
     ood_tolerance: float = Field(0.05, ge=0, description="largest allowed relative rise of out-of-domain loss "
@@ -136,6 +140,19 @@ class HubSettings(BaseSettings):
             return schedule_or_none(v)
         except ConfigError as e:
             raise ValueError(e.message) from None
+
+    @model_validator(mode="after")
+    def _base_model(self) -> HubSettings:
+        if self.base_model is None:
+            return self
+        if "recipe" in self.model_fields_set:
+            raise ConfigError("--recipe and --base-model both given",
+                              hint="set base_model inside the recipe file, or pass only --base-model")
+        local = Path(self.base_model).expanduser()
+        name = str(local.resolve()) if local.exists() else self.base_model
+        new = Recipe.from_dict({**self.recipe.model_dump(mode="json"), "base_model": name}, source="--base-model")
+        object.__setattr__(self, "recipe", new)
+        return self
 
     @field_validator("recipe", mode="before")
     @classmethod
@@ -166,7 +183,7 @@ class HubSettings(BaseSettings):
         try:
             return cls(**values)
         except ValidationError as e:
-            raise ConfigError(f"invalid hub settings: {format_validation_error(e, FLAG_NAMES)}",
+            raise ConfigError(f"invalid hub settings: {describe_errors(e, settings_of(cls))}",
                               hint="fix the flag, the QUANTGRID_HUB_* variable or the --config entry named above") from None
 
     # ---- derived ----
