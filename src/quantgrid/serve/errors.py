@@ -55,8 +55,8 @@ def error_response(request: Request, status: int, message: str, code: str | None
                    param: str | None = None, hint: str | None = None,
                    headers: dict[str, str] | None = None) -> JSONResponse:
     if is_ollama(request):
-        return JSONResponse({"error": message + (f" ({hint})" if hint else "")}, status_code=status,
-                            headers=headers)
+        text = f"{param}: {message}" if param and param not in message else message
+        return JSONResponse({"error": text + (f" ({hint})" if hint else "")}, status_code=status, headers=headers)
     kind = {401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
             429: "rate_limit_error"}.get(status, "invalid_request_error" if status < 500 else "server_error")
     return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code, "hint": hint}},
