@@ -66,21 +66,35 @@ def whoami(hub: HubOpt = None) -> None:
 
 
 def push(
-    zip_path: Annotated[Path, typer.Argument(metavar="ZIP", help="quantgrid_submission_<ts>.zip from `quantgrid package`")],
+    zip_path: Annotated[Path, typer.Argument(metavar="PATH", help="quantgrid_submission_<ts>.zip from `quantgrid "
+                                             "package`, an adapter directory, or a zip of one")],
     hub: HubOpt = None,
     idempotency_key: Annotated[str | None, typer.Option(
         "--idempotency-key", help="Reuse a key to retry a push safely \\[default: a new random key]",
         show_default=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Upload a submission zip (streamed, with progress) and print its submission id."""
+    """Upload a submission (streamed, with progress) and print its submission id.
+
+    An adapter directory is packaged first, and a zip of one (`zip -r adapter.zip ./adapter`)
+    is repackaged, with the same privacy rules as `quantgrid package`.
+    """
+    import tempfile
+
+    from quantgrid.hub.submit import prepare_push
+
+    with tempfile.TemporaryDirectory(prefix="quantgrid-push-") as tmp:
+        plan = prepare_push(zip_path, tmp)
+        for line in plan.lines:
+            err_console.print(line, highlight=False, markup=False)
+        _upload(plan.path, hub, idempotency_key, as_json)
+
+
+def _upload(zip_path: Path, hub: str | None, idempotency_key: str | None, as_json: bool) -> None:
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from quantgrid.errors import ConfigError
     from quantgrid.utils import sha256_file
 
-    if not zip_path.is_file():
-        raise ConfigError(f"no such file: {zip_path}", hint="push the zip printed by `quantgrid package`")
     sha = sha256_file(zip_path)
     with _client(hub) as client, Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),

@@ -204,6 +204,134 @@ def verify_submission(path: str | Path, expected_sha256: str | None = None) -> M
     return check_manifest(files, None)
 
 
+# ---------------------------------------------------------------- push: what users actually have
+
+
+@dataclass(frozen=True)
+class PushPlan:
+    """The zip to upload and what was done to get it (for the user)."""
+
+    path: Path
+    action: str  # "as-is", "packaged", "repackaged"
+    lines: list[str]
+
+
+def _author_and_desc(d: Path) -> tuple[str, str]:
+    m = read_manifest(d)
+    if not (m.author or "").strip() or not (m.dataset.description or "").strip():
+        raise ValidationError(f"{d} has no author or dataset description in its manifest, so it cannot be "
+                              "packaged for you", hint=f"run `quantgrid package {d} --author NAME --dataset-desc "
+                              "TEXT` and push the zip it writes", check="package")
+    return m.author.strip(), m.dataset.description.strip()
+
+
+def _adapter_zip_root(names: list[str]) -> str | None:
+    """'' or 'folder/' when the zip holds an adapter directory (at its top or in one top-level folder)."""
+    files = [n for n in names if not n.endswith("/")]
+    if CONFIG in files:
+        return ""
+    tops = {n.split("/", 1)[0] for n in names}
+    if len(tops) == 1:
+        top = next(iter(tops)) + "/"
+        if top + CONFIG in files:
+            return top
+    return None
+
+
+def _extract_adapter(data: bytes, root: str, dest: Path) -> list[str]:
+    """Copy the submission files of an adapter-directory zip into ``dest``; the other names, left out.
+
+    Only the names a submission can hold are read (the datasets and reports in the zip are
+    never extracted); each is checked like the hub checks names, and capped in size.
+    """
+    import io
+    import zipfile
+
+    from quantgrid.adapter import SUBMISSION_FILES
+    from quantgrid.archive import Caps, check_name
+
+    caps = Caps()
+    left = []
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            rel = info.filename[len(root):]
+            if rel not in SUBMISSION_FILES:
+                left.append(rel)
+                continue
+            check_name(info.filename)
+            if info.file_size > caps.entry_cap(rel):
+                raise ValidationError(f"{info.filename} is {info.file_size} bytes, over the {caps.entry_cap(rel)} cap",
+                                      check="archive.too_large")
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src:
+                body = src.read(caps.entry_cap(rel) + 1)
+            if len(body) > caps.entry_cap(rel):
+                raise ValidationError(f"{info.filename} expands past its cap", check="archive.bomb")
+            out.write_bytes(body)
+    return sorted(left)
+
+
+def _verifies(path: Path) -> bool:
+    try:
+        verify_submission(path)
+    except ValidationError:
+        return False
+    return True
+
+
+def prepare_push(path: str | Path, out_dir: str | Path) -> PushPlan:
+    """Turn what the user has into a submission zip, with the same privacy rules as ``package``.
+
+    * a ``quantgrid package`` zip, or any file that is not an adapter directory zip: pushed as
+      it is (the hub judges it and reports why it is rejected);
+    * an adapter directory: packaged first (author and description from its manifest);
+    * a zip of an adapter directory (``zip -r adapter.zip ./adapter``, one top-level
+      folder or none): its submission files are read and packaged again; datasets,
+      benchmarks and reports in it are never extracted.
+    """
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        author, desc = _author_and_desc(path)
+        res = package(path, author, desc, out_dir, quiet=True)
+        return PushPlan(res.path, "packaged", [f"{path} is an adapter directory: packaged it as {res.path.name}",
+                                               *res.summary_lines()])
+    if not path.is_file():
+        from quantgrid.errors import ConfigError
+
+        raise ConfigError(f"no such file or directory: {path}",
+                          hint="push an adapter directory, or the zip `quantgrid package` wrote")
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        names = []
+    root = _adapter_zip_root(names)
+    if root is None or (root == "" and MANIFEST in names and _verifies(path)):
+        # A package (or something the hub will judge and reject with a report).
+        return PushPlan(path, "as-is", [f"pushing {path.name} as it is"])
+    data = path.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="quantgrid-push-") as tmp:
+        d = Path(tmp) / (root.rstrip("/") or path.stem)
+        d.mkdir()
+        never = _extract_adapter(data, root, d)
+        author, desc = _author_and_desc(d)
+        res = package(d, author, desc, out_dir, quiet=True)
+    where = f"folder {root!r}" if root else "its top level"
+    lines = [f"{path.name} is a zip of an adapter directory ({where}): repackaged it as {res.path.name}",
+             *[line for line in res.summary_lines() if not line.startswith("Left out")]]
+    reasons = {rel: left_out_reason(rel) for rel in never} | dict(zip(res.left_out, map(res.reasons.get, res.left_out),
+                                                                      strict=True))
+    lines += [f"Left out {rel}: {why}" for rel, why in sorted(reasons.items()) if rel != MANIFEST]
+    return PushPlan(res.path, "repackaged", lines)
+
+
 # ---------------------------------------------------------------- the checklist
 
 
@@ -428,4 +556,4 @@ def run_checklist(adapter_dir: str | Path) -> list[CheckItem]:
 
 
 __all__ = ["CONFIG", "WEIGHTS", "CheckItem", "PreparedSubmission", "is_submission_file", "package", "prepare_submission",
-           "run_checklist", "verify_submission"]
+           "prepare_push", "run_checklist", "verify_submission"]
