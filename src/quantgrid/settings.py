@@ -14,6 +14,9 @@ text), goes in ``json_schema_extra``:
     a one-letter spelling (``"-d"``).
 ``cli``
     ``False`` for a field no flag sets (the field's comment says why).
+``cli_default``
+    the value the command line uses when the flag is not given, when it differs from the
+    Python default (``quantgrid eval`` writes ``results.json``; ``run_eval`` writes nothing).
 
 Other accepted names (the Hugging Face ``TrainingArguments`` spellings, older names) are the
 field's ``validation_alias=AliasChoices(field_name, alias, ...)``: pydantic accepts them in
@@ -70,6 +73,11 @@ class Setting:
     @property
     def description(self) -> str:
         return self.field.description or ""
+
+    @property
+    def cli_default(self) -> Any:
+        """What the command line uses when the flag is not given, if not the field's default."""
+        return _extra(self.field).get("cli_default")
 
     @property
     def has_default(self) -> bool:

@@ -7,51 +7,34 @@ The flags mirror LocoLLM's ``scripts/evaluate.py`` (``--adapter``, ``--benchmark
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+from pydantic import BaseModel, Field
+from rich.markup import escape
 
 from quantgrid.cli._common import console, err_console
+from quantgrid.cli.options import Flags, settings_command
+from quantgrid.eval.harness import EvalConfig
+from quantgrid.settings import settings_of, validate
 
 
+class EvalInputs(BaseModel):
+    """Inputs of ``quantgrid eval`` that are not evaluation settings (they never enter results.json)."""
+
+    prices: Path | None = Field(None, description="price panel for the alpha metrics (alpha_backtest, "
+                                "alpha_sharpe): long CSV/Parquet with date, ticker, open, high, low, close, volume "
+                                "(default: a seeded synthetic panel)")
+
+
+INPUT_FLAGS = Flags(settings_of(EvalInputs))
+
+
+@settings_command(Flags(settings_of(EvalConfig)), INPUT_FLAGS)
 def evaluate(
-    benchmark: str = typer.Option(..., "--benchmark", "-b", help="Benchmark: JSON/JSONL file or builtin:NAME "
-                                  "(e.g. builtin:finance-dev)."),
-    adapter: Path = typer.Option(None, "--adapter", "-a", help="Adapter directory. Without it the base is "
-                                 "evaluated alone."),
-    output: Path = typer.Option(Path("results.json"), "--output", "-o", help="results.json to write "
-                                "(REPORT.md is written beside it)."),
-    metric: list[str] = typer.Option(None, "--metric", "-m", help="Metric to compute (repeatable; default: all). "
-                                     "`--metric loss` alone skips generation. `quantgrid eval --list-metrics`."),
-    primary: str = typer.Option("loss", "--primary-metric", help="Metric reported in LocoLLM's "
-                                "adapter_score / base_model_score / improvement fields."),
-    ood: str = typer.Option("builtin:general-ood", "--ood", help="Out-of-domain set for the forgetting check "
-                            "('none' skips it)."),
-    base_model: str = typer.Option(None, "--base-model", help="Base model id or directory (default: the one "
-                                   "the adapter was trained from)."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Longest generated answer, in tokens."),
-    limit: int = typer.Option(None, "--limit", help="Evaluate only the first N benchmark items."),
-    write_into_adapter: bool = typer.Option(False, "--write-into-adapter", help="Also write eval/{benchmark.jsonl,"
-                                            "results.json,REPORT.md} into the adapter and update its manifest."),
-    ood_threshold: float = typer.Option(0.05, "--ood-threshold", help="Largest allowed relative rise of the "
-                                        "out-of-domain loss (0.05 = 5%)."),
-    patterns: str = typer.Option(None, "--patterns", help="Pattern-compliance regexes: a preset (qi) or a JSON "
-                                 "file with {\"must\": [...], \"must_not\": [...]}."),
-    prices: Path = typer.Option(None, "--prices", exists=True, dir_okay=False, help="Price panel for the alpha "
-                                "metrics (alpha_backtest, alpha_sharpe): long CSV/Parquet with date, ticker, open, "
-                                "high, low, close, volume. Default: a seeded synthetic panel."),
-    train_data: str = typer.Option(None, "--train-data", help="Your training data, to check the benchmark does "
-                                   "not overlap it (stays on this machine)."),
-    batch_tokens: int = typer.Option(None, "--batch-tokens", help="Padded tokens per loss batch (default 8192; "
-                                     "lower it if memory runs out)."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Prompts per generation batch."),
-    max_length: int = typer.Option(None, "--max-length", help="Longest scored sequence (default: the recipe's "
-                                   "max_seq_length)."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1... (default: cuda when available)."),
-    four_bit: bool = typer.Option(None, "--4bit/--no-4bit", help="Load the base in 4-bit NF4 (default: on "
-                                  "for CUDA with bitsandbytes)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap confidence interval."),
     list_metrics: bool = typer.Option(False, "--list-metrics", is_eager=True, help="List the metrics and exit.",
                                       callback=lambda v: _list_metrics() if v else None),
+    **given: Any,
 ) -> None:
     """Evaluate an adapter against its base: proof of loss, generation metrics, out-of-domain check, verdict.
 
@@ -59,26 +42,15 @@ def evaluate(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from quantgrid.eval.harness import EvalConfig, run_eval
-    from quantgrid.recipe import format_validation_error
-
-    settings = dict(benchmark=benchmark, adapter=adapter, output=output, metrics=list(metric or []),
-                    primary_metric=primary, ood=None if (ood or "").lower() in ("", "none") else ood,
-                    base_model=base_model, max_new_tokens=max_new_tokens, limit=limit,
-                    write_into_adapter=write_into_adapter, ood_threshold=ood_threshold, patterns=patterns,
-                    train_data=train_data, batch_size=batch_size, max_length=max_length, device=device,
-                    load_in_4bit=four_bit, seed=seed)
-    if batch_tokens is not None:
-        settings["batch_tokens"] = batch_tokens
-    from pydantic import ValidationError
-
     from quantgrid.errors import ConfigError
+    from quantgrid.eval.harness import run_eval
 
-    try:
-        cfg = EvalConfig(**settings)
-    except ValidationError as e:
-        flags = {k: "--" + k.replace("_", "-") for k in settings} | {"metrics": "--metric", "load_in_4bit": "--4bit"}
-        raise ConfigError(format_validation_error(e, flags), hint="see `quantgrid eval --help`") from None
+    prices = given.pop("prices", None)
+    if prices is not None and not Path(prices).is_file():
+        raise ConfigError(f"--prices: {prices} is not a file", hint="pass a CSV or Parquet price panel")
+    table = settings_of(EvalConfig)
+    cfg = validate(EvalConfig, given, table, what="eval settings", hint="see `quantgrid eval --help`")
+    output, adapter, write_into_adapter = cfg.output, cfg.adapter, cfg.write_into_adapter
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=err_console, transient=True) as bar:
@@ -87,14 +59,14 @@ def evaluate(
             return lambda n: bar.advance(task, n)
 
         ev = run_eval(cfg, progress=factory, metric_options={"prices": prices} if prices else None,
-                      on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {w}", highlight=False))
+                      on_warning=lambda w: err_console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False))
     _print_results(ev.results)
     from quantgrid.eval.harness import report_path
 
     where = [str(output), str(report_path(output))]
     if write_into_adapter and adapter is not None:
         where.append(str(adapter / "eval"))
-    console.print(f"Results written to {', '.join(where)}", highlight=False)
+    console.print(f"Results written to {', '.join(where)}", highlight=False, markup=False)
 
 
 def _print_results(r) -> None:
@@ -102,7 +74,7 @@ def _print_results(r) -> None:
     from rich.table import Table
 
     has_adapter = r.adapter is not None
-    table = Table(title=f"{r.adapter or 'base'} on {r.benchmark} ({r.n_examples} items)")
+    table = Table(title=escape(f"{r.adapter or 'base'} on {r.benchmark} ({r.n_examples} items)"))
     table.add_column("metric")
     table.add_column("base", justify="right")
     if has_adapter:
@@ -132,7 +104,7 @@ def _print_results(r) -> None:
         if name not in requested and m.base.score is None and (m.adapter is None or m.adapter.score is None):
             not_applicable.append(name)  # asked for by default, not by name: one line below the table
             continue
-        row = [name, fmt(m.base.score)]
+        row = [escape(name), fmt(m.base.score)]
         if has_adapter:
             imp = m.improvement
             row += [fmt(m.adapter.score if m.adapter else None), f"{imp:+.1%}" if imp is not None else "n/a"]
@@ -145,9 +117,9 @@ def _print_results(r) -> None:
         color = "green" if v.passed else "red"
         console.print(f"[bold {color}]verdict: {'PASS' if v.passed else 'FAIL'}[/]")
         for reason in v.reasons:
-            console.print(f"  - {reason}", highlight=False)
+            console.print(f"  - {reason}", highlight=False, markup=False)
     for d in r.diagnoses:
-        console.print(f"[yellow]diagnosis:[/] {d}", highlight=False)
+        console.print(f"[yellow]diagnosis:[/] {escape(str(d))}", highlight=False)
 
 
 def _list_metrics() -> None:

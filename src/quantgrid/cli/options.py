@@ -88,7 +88,7 @@ def help_text(s: Setting) -> str:
             text = text[0].upper() + text[1:]
         if not text.endswith((".", "?", ")")):
             text += "."
-    shown = _show(s.default()) if s.has_default else None
+    shown = _show(s.cli_default if s.cli_default is not None else s.default()) if s.has_default else None
     if shown is not None:
         text += f" [default: {shown}]"
     elif not s.has_default:
@@ -116,6 +116,8 @@ def _given(value: Any) -> Any:
 def settings_command(*groups: Flags) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorate a command function taking its own parameters plus ``**given``: the generated
     options are added to its signature, and it is called with the options the user set."""
+    defaults = {s.name: s.cli_default for g in groups for s in g.settings.values()
+                if s.cli and s.cli_default is not None}
     params = [(p, g) for g in groups for p in (option_parameter(s, g.panel_of(s)) for s in g.settings.values()
                                                if s.cli)]
 
@@ -131,6 +133,8 @@ def settings_command(*groups: Flags) -> Callable[[Callable[..., Any]], Callable[
         def command(**kwargs: Any) -> Any:
             mine = {k: kwargs.pop(k) for k in list(kwargs) if k in own_names}
             given = {k: v for k, v in ((k, _given(v)) for k, v in kwargs.items()) if v is not None}
+            for k, d in defaults.items():
+                given.setdefault(k, d)
             return func(**mine, **given)
 
         generated = [p for p, _ in params]

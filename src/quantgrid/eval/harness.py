@@ -63,26 +63,45 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    benchmark: str = Field(..., description="benchmark file (JSON/JSONL) or builtin:NAME")
-    adapter: Path | None = Field(None, description="adapter directory; none evaluates the base alone")
-    output: Path | None = Field(None, description="where results.json is written")
-    metrics: list[str] = Field(default_factory=list, description="metric names; empty = all; 'loss' alone skips generation")
-    primary_metric: str = Field(LOSS, description="the metric in LocoLLM's adapter_score/base_model_score fields")
-    ood: str | None = Field(DEFAULT_OOD, description="out-of-domain set; None skips the OOD check")
-    base_model: str | None = Field(None, description="base model id or directory (default: the adapter's)")
-    max_new_tokens: int = Field(128, ge=1, le=8192)
-    limit: int | None = Field(None, ge=1, description="use only the first N benchmark items")
-    write_into_adapter: bool = False
-    ood_threshold: float = Field(0.05, ge=0, description="largest allowed relative rise of the OOD loss")
-    max_length: int | None = Field(None, ge=16, description="default: the recipe's max_seq_length")
-    batch_tokens: int = Field(DEFAULT_BATCH_TOKENS, ge=16, description="padded tokens per loss batch")
+    benchmark: str = Field(..., description="benchmark: JSON/JSONL file or builtin:NAME (e.g. builtin:finance-dev)",
+                           json_schema_extra={"short": "-b"})
+    adapter: Path | None = Field(None, description="adapter directory; without it the base is evaluated alone",
+                                 json_schema_extra={"short": "-a"})
+    output: Path | None = Field(None, description="results.json to write (its report is written beside it); "
+                                "none writes no file", json_schema_extra={"short": "-o", "cli_default": "results.json"})
+    metrics: list[str] = Field(default_factory=list, description="metric to compute (repeatable; default: all); "
+                               "`--metric loss` alone skips generation; see `quantgrid eval --list-metrics`",
+                               json_schema_extra={"flag": "--metric", "short": "-m"})
+    primary_metric: str = Field(LOSS, description="metric reported in LocoLLM's adapter_score / base_model_score "
+                                "/ improvement fields")
+    ood: str | None = Field(DEFAULT_OOD, description="out-of-domain set for the forgetting check ('none' skips it)")
+    base_model: str | None = Field(None, description="base model id or directory (default: the one the adapter "
+                                   "was trained from)")
+    max_new_tokens: int = Field(128, ge=1, le=8192, description="longest generated answer, in tokens")
+    limit: int | None = Field(None, ge=1, description="evaluate only the first N benchmark items")
+    write_into_adapter: bool = Field(False, description="also write eval/{benchmark.jsonl,results.json,REPORT.md} "
+                                     "into the adapter and update its manifest")
+    ood_threshold: float = Field(0.05, ge=0, description="largest allowed relative rise of the out-of-domain loss "
+                                 "(0.05 = 5%)")
+    max_length: int | None = Field(None, ge=16, description="longest scored sequence (default: the recipe's "
+                                   "max_seq_length)")
+    batch_tokens: int = Field(DEFAULT_BATCH_TOKENS, ge=16, description="padded tokens per loss batch (lower it if "
+                              "memory runs out)")
     batch_size: int = Field(16, ge=1, description="prompts per generation batch")
-    patterns: str | None = Field(None, description="pattern-compliance preset (e.g. qi) or a JSON file")
-    train_data: str | None = Field(None, description="the adapter's training data, for an exact overlap check")
-    bootstrap: int = Field(1000, ge=100)
-    seed: int = 0
-    device: str | None = None
-    load_in_4bit: bool | None = None
+    patterns: str | None = Field(None, description='pattern-compliance regexes: a preset (qi) or a JSON file with '
+                                 '{"must": [...], "must_not": [...]}')
+    train_data: str | None = Field(None, description="your training data, to check the benchmark does not overlap "
+                                   "it (stays on this machine)")
+    bootstrap: int = Field(1000, ge=100, description="bootstrap resamples of the loss confidence interval")
+    seed: int = Field(0, description="seed of the bootstrap confidence interval")
+    device: str | None = Field(None, description="cpu, cuda, cuda:1... (default: cuda when available)")
+    load_in_4bit: bool | None = Field(None, description="load the base in 4-bit NF4 (default: on for CUDA with "
+                                      "bitsandbytes)", json_schema_extra={"flag": "--4bit/--no-4bit"})
+
+    @field_validator("ood", mode="before")
+    @classmethod
+    def _no_ood(cls, v):
+        return None if isinstance(v, str) and v.strip().lower() in ("", "none") else v
 
     @field_validator("metrics")
     @classmethod

@@ -34,7 +34,7 @@ def _options(cmd):
 
 
 def test_the_redesigned_commands_use_generated_flags():
-    assert {"train", "serve", "hub serve", "hub worker", "hub rotate-benchmark", "hub user add"} <= set(GENERATED)
+    assert {"train", "serve", "hub serve", "hub worker", "hub rotate-benchmark", "hub user add", "eval"} <= set(GENERATED)
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))
@@ -70,6 +70,7 @@ def _bad_values(s):
 BASE_ARGS = {
     "train": ["-d", "data.jsonl", "-o", "out"],
     "serve": ["--base", "b"],
+    "eval": ["-b", "builtin:finance-dev"],
 }
 
 
