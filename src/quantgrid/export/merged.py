@@ -25,12 +25,20 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, base: str | None
     """Write base + adapter merged into one set of weights, loadable by AutoModelForCausalLM.
 
     An adapter trained against a 4-bit base (QLoRA) learned a correction to the
-    *dequantized* NF4 weights, so on CUDA we merge into exactly those (load in 4-bit,
-    dequantize, merge). Without CUDA we merge into the full-precision weights, which
-    differ from what the adapter saw by the NF4 rounding error, and say so.
+    *dequantized* NF4 weights, so wherever bitsandbytes runs 4-bit (CUDA, or its CPU
+    backend) we merge into exactly those (load in 4-bit, dequantize, merge). Elsewhere we
+    merge into the full-precision weights, which differ from what the adapter saw by the
+    NF4 rounding error, and say so.
     """
     from quantgrid.adapter import read_manifest
-    from quantgrid.ml.models import base_info, four_bit_available, load_adapter, load_base, save_tokenizer
+    from quantgrid.ml.models import (
+        base_info,
+        default_device,
+        four_bit_problem,
+        load_adapter,
+        load_base,
+        save_tokenizer,
+    )
     from quantgrid.utils import atomic_dir
 
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
@@ -42,14 +50,16 @@ def export_merged(adapter_dir: str | Path, out_dir: str | Path, base: str | None
 
     base_config(base, what="merged export")  # fails at once, offline, when the base is not here
     qlora = trained_in_4bit(adapter_dir)
-    use_4bit = qlora and four_bit_available()
+    device = default_device()
+    problem = four_bit_problem(device) if qlora else None
+    use_4bit = qlora and problem is None
     if qlora and not use_4bit:
         from rich.console import Console
 
-        Console(stderr=True).print("[yellow]warning:[/] the adapter was trained on a 4-bit base but no CUDA + "
-                                   "bitsandbytes here: merging into full-precision weights")
-    model, tokenizer = load_base(str(base), load_in_4bit=use_4bit, device="cuda" if use_4bit else "cpu",
-                                 dtype="float32" if not use_4bit else None)
+        Console(stderr=True).print(f"[yellow]warning:[/] the adapter was trained on a 4-bit base but {problem}: "
+                                   "merging into full-precision weights")
+    model, tokenizer = load_base(str(base), load_in_4bit=use_4bit, device=device if use_4bit else "cpu",
+                                 dtype="float32" if not use_4bit or device == "cpu" else None)
     if use_4bit:
         model = model.dequantize()
     model = load_adapter(model, adapter_dir, base=base_info(str(base), model.config))

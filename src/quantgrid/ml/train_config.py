@@ -58,7 +58,7 @@ class RunSettings(BaseModel):
     bf16: bool = Field(False, description="TrainingArguments' switch: the same as --dtype bfloat16")
     fp16: bool = Field(False, description="TrainingArguments' switch: the same as --dtype float16")
     load_in_4bit: bool | None = Field(None, description="load the base in 4-bit NF4, i.e. QLoRA "
-                                      "(default: on for CUDA with bitsandbytes)",
+                                      "(default: on for CUDA; without 4-bit support there it stops with an error)",
                                       json_schema_extra={"flag": "--4bit/--no-4bit"})
     device: str | None = Field(None, description="cpu, cuda, cuda:1... (default: cuda when available)")
     author: str | None = Field(None, description="author name for the manifest")
