@@ -127,7 +127,7 @@ def install(tmp: Path, plan: OutputPlan) -> list[str]:
     names = [n for n in _files_under(tmp) if n != MANIFEST and n != RECORD]
     if not (tmp / MANIFEST).is_file():
         raise RuntimeError("install() needs the manifest built last in the staging directory")
-    if not plan.exists:
+    if not out.exists():  # (trackers may have created it during training: then in place)
         atomic_write_text(tmp / RECORD, json.dumps({"files": sorted([*names, MANIFEST])}, indent=1))
         os.replace(tmp, out)
         fsync_dir(out.parent)
