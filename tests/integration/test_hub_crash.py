@@ -31,7 +31,7 @@ def _check_consistent(hub: HubProcess) -> dict[str, int]:
         blobs = BlobStore(hub.storage / "blobs")
         with db.read() as s:
             subs = s.scalars(select(Submission)).all()
-            jobs = {j.payload["submission_id"] for j in s.scalars(select(Job)).all()}
+            jobs = {j.payload["submission_id"] for j in s.scalars(select(Job).where(Job.kind == "validate")).all()}
             blob_rows = set(s.scalars(select(Blob.sha256)).all())
             keys = {k.submission_id for k in s.scalars(select(IdempotencyKey)).all()}
         for sub in subs:

@@ -20,6 +20,7 @@ from quantgrid.cli import (
     evaluate,
     export,
     hub,
+    hub_gc,
     hub_release,
     hub_validation,
     package,
@@ -78,7 +79,7 @@ def _root(
 
 # Order is the order of `quantgrid --help`: the contributor journey first.
 for _module in (demo, data, base, recipe, train, evaluate, alpha, package, contrib, hub, hub_validation,
-                hub_release, serve, export):
+                hub_release, hub_gc, serve, export):
     _module.register(app)
 
 

@@ -231,6 +231,9 @@ class HubClient:
         if size > limit:
             raise PayloadTooLarge(f"{path.name} is {size} bytes; the hub accepts at most {limit}",
                                   hint="a submission zip holds only the LoRA adapter; package it again")
+        # The hub refuses a bad token at the headers and hangs up without reading the body; asking
+        # first turns that into a clear 401 here instead of a broken pipe halfway through the upload.
+        self.whoami()
         sha256 = sha256 or sha256_file(path)
         key = idempotency_key or uuid.uuid4().hex
         # Header values must be ASCII; the name is only a label, so replace anything else.

@@ -73,8 +73,9 @@ def authenticated(request: Request) -> bool:
 
 
 def has_unread_body(request: Request) -> bool:
+    """True if the request has a body that was not read to its end (so the connection is dirty)."""
     if getattr(request.state, "body_read", False):
-        return False
+        return not getattr(request.state, "body_complete", False)
     length = request.headers.get("content-length", "")
     return (length.isdigit() and int(length) > 0) or "chunked" in request.headers.get("transfer-encoding", "")
 
@@ -89,6 +90,7 @@ async def read_chunks(request: Request, timeout_s: float):
         try:
             chunk = await asyncio.wait_for(chunks.__anext__(), timeout_s)
         except StopAsyncIteration:
+            request.state.body_complete = True
             return
         except asyncio.TimeoutError:
             raise UploadTimeout(f"the upload sent nothing for {timeout_s:g} s and was cut off",
@@ -102,6 +104,8 @@ async def drain_body(request: Request) -> bool:
     False if it was not drained (too large, timed out, client gone): then close the connection."""
     if not has_unread_body(request):
         return True
+    if getattr(request.state, "body_read", False):
+        return False  # stopped halfway (timeout, too large): the rest is not worth waiting for
     settings = request.app.state.settings
     length = request.headers.get("content-length", "")
     if not length.isdigit() or int(length) > settings.max_upload_bytes:
