@@ -1,12 +1,14 @@
-"""Training throughput: QuantGridTrainer vs plain PEFT + ``transformers.Trainer``.
+"""Training throughput: QuantGridTrainer vs PEFT + ``transformers.Trainer`` (padded and padding-free) and TRL.
 
 Both train the same ~20M-parameter Llama-shaped model (built from a config, with a BPE
 tokenizer from ``quantgrid.ml.models.train_tokenizer`` on the finance corpus), the same
 LoRA recipe, on the same built-in finance examples with their real spread of lengths,
-in the same order, for the same number of optimizer steps. The baseline uses ordinary
-padded batches (``DataCollatorForSeq2Seq``, padding to the longest in the batch) and
-the model's own loss; quantgrid packs each micro-batch into one row (no padding) and
-computes logits only where a completion token is predicted.
+in the same order, for the same number of optimizer steps. The peers: ``transformers.Trainer``
+with ordinary padded batches (``DataCollatorForSeq2Seq``), the same with padding-free batches
+(``DataCollatorWithFlattening``: one row, position ids restart per example, transformers builds
+the block-diagonal mask), and TRL's ``SFTTrainer`` with ``padding_free=True`` and completion-only
+loss. quantgrid packs each micro-batch into one row, attends per example and computes logits
+only where a completion token is predicted. The speed-up is against the fastest peer of the run.
 
 Each run happens in a fresh subprocess, so peak RSS (``ru_maxrss``) is that run's own.
 Reported: real (non-pad) tokens/s, by wall clock and per CPU-second of the process (the
@@ -37,6 +39,11 @@ RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
 MODEL = dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=8,
              num_key_value_heads=4, max_position_embeddings=1024)
 VOCAB = 8192
+SEED = 42  # one explicit seed for every trainer: the same LoRA init, data order and split
+KINDS = ("hf", "hf_flat", "trl", "quantgrid")
+PEERS = {"hf": "transformers.Trainer + PEFT (padded)",
+         "hf_flat": "transformers.Trainer + PEFT + DataCollatorWithFlattening (padding-free)",
+         "trl": "TRL SFTTrainer (padding_free, completion-only loss)"}
 
 
 def build_model(out: Path, seed: int) -> int:
@@ -100,7 +107,7 @@ def child(kind: str, args: argparse.Namespace) -> dict:
         out = Path(args.workdir) / "qg-adapter"
         trainer.train(args.dataset, out, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
                       max_steps=args.steps, eval_fraction=0.0, save_steps=10**6, progress="none",
-                      overwrite=True, max_seq_length=t.max_seq_length)
+                      overwrite=True, max_seq_length=t.max_seq_length, seed=SEED)
         s = trainer.last_stats
         peak = _rss_mib()  # before loading a second copy for scoring
         model, tok = load_base(str(args.model))
@@ -111,43 +118,67 @@ def child(kind: str, args: argparse.Namespace) -> dict:
                     tokens_per_cpu_s=s["tokens"] / s["train_cpu_seconds"], peak_rss_mib=peak,
                     final_train_loss=sum(losses[-5:]) / len(losses[-5:]), eval_loss=eval_loss(model, tok, dev))
 
-    # ---- baseline: PEFT + transformers.Trainer, padded batches, the same examples in the same order
+    # ---- baselines: PEFT + transformers.Trainer (padded, or padding-free with DataCollatorWithFlattening)
+    # and TRL's SFTTrainer (padding-free, completion-only loss), the same examples in the same order
     from torch.utils.data import SequentialSampler
-    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening, Trainer, TrainingArguments
 
     from quantgrid.ml.batching import epoch_order
     from quantgrid.ml.models import attach_lora, load_base
     from quantgrid.ml.tokenize import encode
 
     model, tok = load_base(str(args.model))
-    torch.manual_seed(t.seed)  # the same LoRA init as quantgrid's (seeded right before attaching)
+    torch.manual_seed(SEED)  # the same LoRA init as quantgrid's (seeded right before attaching)
     model = attach_lora(model, recipe)
     encoded = [encode(tok, e, recipe.prompt_template, t.max_seq_length, recipe.system_prompt) for e in train_examples]
     # quantgrid drops examples with no completion tokens; none exist at this length, asserted:
     assert all(e.n_completion_tokens for e in encoded)
-    order = epoch_order(len(encoded), t.seed, 0)  # quantgrid's first-epoch order
+    order = epoch_order(len(encoded), SEED, 0)  # quantgrid's first-epoch order
     rows = [{"input_ids": encoded[i].input_ids, "labels": encoded[i].labels} for i in order]
-    pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
     seen = {"real": 0, "padded": 0}
+
+    def count(inputs) -> None:
+        # Counted at the step, not in the collator: the data loader fetches one batch ahead.
+        mask = inputs.get("attention_mask")
+        seen["real"] += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        seen["padded"] += inputs["input_ids"].numel()
 
     class InOrder(Trainer):
         def _get_train_sampler(self, *a, **k):
             return SequentialSampler(self.train_dataset)
 
         def training_step(self, model, inputs, *a, **k):
-            # Counted here, not in the collator: the data loader fetches one batch ahead.
-            seen["real"] += int(inputs["attention_mask"].sum())
-            seen["padded"] += inputs["input_ids"].numel()
+            count(inputs)
             return super().training_step(model, inputs, *a, **k)
 
-    targs = TrainingArguments(
-        output_dir=str(Path(args.workdir) / "hf"), per_device_train_batch_size=args.batch_size,
+    hf_args = dict(
+        output_dir=str(Path(args.workdir) / kind), per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, max_steps=args.steps, learning_rate=args.lr,
         lr_scheduler_type=t.schedule, warmup_steps=math.ceil(t.warmup_ratio * args.steps),
-        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim="adamw_torch", seed=t.seed,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim="adamw_torch", seed=SEED,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
         disable_tqdm=True, remove_unused_columns=False)
-    trainer = InOrder(model=model, args=targs, train_dataset=rows, data_collator=pad)
+    if kind == "trl":
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        class SFTInOrder(SFTTrainer):
+            def _get_train_sampler(self, *a, **k):
+                return SequentialSampler(self.train_dataset)
+
+            def training_step(self, model, inputs, *a, **k):
+                count(inputs)
+                return super().training_step(model, inputs, *a, **k)
+
+        # Already tokenized (our exact ids): "completion_mask" marks the tokens the loss is taken on.
+        data = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": [int(x != -100) for x in r["labels"]]}
+                                  for r in rows])
+        trainer = SFTInOrder(model=model, processing_class=tok, train_dataset=data, args=SFTConfig(
+            **hf_args, padding_free=True, completion_only_loss=True, max_length=None))  # rows are already cut
+    else:
+        collate = (DataCollatorWithFlattening() if kind == "hf_flat"
+                   else DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+        trainer = InOrder(model=model, args=TrainingArguments(**hf_args), train_dataset=rows, data_collator=collate)
     tick, cpu_tick = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - tick, time.process_time() - cpu_tick
@@ -181,7 +212,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="runs of each, interleaved; the best tokens/s is kept")
     ap.add_argument("--eval-examples", type=int, default=64)
     ap.add_argument("--dataset", default="builtin:finance-train")
-    ap.add_argument("--child", choices=["quantgrid", "hf"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -189,43 +220,57 @@ def main() -> None:
         print(json.dumps(child(args.child, args)))
         return
 
+    from machine_peak import fraction, matmul_peak_gflops, train_flops_per_token
+    from transformers import LlamaConfig
+
+    peak = matmul_peak_gflops(args.threads)
     with tempfile.TemporaryDirectory(prefix="qg-train-bench-") as work:
         args.workdir, args.model = work, Path(work) / "model"
         n_params = build_model(args.model, seed=0)
-        runs: dict[str, list[dict]] = {"quantgrid": [], "hf": []}
+        flops = train_flops_per_token(LlamaConfig.from_pretrained(args.model))
+        runs: dict[str, list[dict]] = {k: [] for k in KINDS}
         for _ in range(args.repeats):
-            for kind in ("hf", "quantgrid"):
-                runs[kind].append(run_child(kind, args))
-                r = runs[kind][-1]
+            for kind in KINDS:  # interleaved, so a noisy neighbour hits every trainer alike
+                r = run_child(kind, args)
+                r.update(fraction(r["tokens_per_s"], flops, peak))
+                runs[kind].append(r)
                 print(f"  {kind:9s} {r['tokens_per_s']:8.0f} real tok/s ({r['tokens_per_cpu_s']:.0f} per CPU-s)  "
                       f"peak RSS {r['peak_rss_mib']:.0f} MiB  eval loss {r['eval_loss']:.4f}", file=sys.stderr)
     best = {k: max(v, key=lambda r: r["tokens_per_s"]) for k, v in runs.items()}
-    qg, hf = best["quantgrid"], best["hf"]
+    qg = best["quantgrid"]
+    peer = max(PEERS, key=lambda k: best[k]["tokens_per_s"])  # the strongest baseline of this run
+    strongest = best[peer]
     result = {
         "benchmark": "train_throughput",
         "model": {"params": n_params, **MODEL, "vocab_size": VOCAB},
         "settings": {k: getattr(args, k) for k in ("steps", "batch_size", "grad_accum", "lr", "threads", "repeats",
                                                   "dataset", "eval_examples")},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
-        "baseline_padding_fraction": 1 - hf["real_tokens"] / hf["padded_tokens"],
-        "quantgrid": qg, "hf_trainer": hf, "all_runs": runs,
-        "speedup_real_tokens_per_s": qg["tokens_per_s"] / hf["tokens_per_s"],
-        "speedup_real_tokens_per_cpu_s": qg["tokens_per_cpu_s"] / hf["tokens_per_cpu_s"],
-        "peak_rss_ratio": qg["peak_rss_mib"] / hf["peak_rss_mib"],
-        "eval_loss_rel_diff": (qg["eval_loss"] - hf["eval_loss"]) / hf["eval_loss"],
-        "same_tokens": qg["real_tokens"] == hf["real_tokens"],
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "matmul_peak_gflops": peak},
+        "train_flops_per_token": flops,
+        "baseline_padding_fraction": 1 - best["hf"]["real_tokens"] / best["hf"]["padded_tokens"],
+        "best": best, "all_runs": runs, "strongest_peer": peer,
+        "speedup_real_tokens_per_s": qg["tokens_per_s"] / strongest["tokens_per_s"],
+        "speedup_real_tokens_per_cpu_s": qg["tokens_per_cpu_s"] / strongest["tokens_per_cpu_s"],
+        "speedup_vs_padded": qg["tokens_per_s"] / best["hf"]["tokens_per_s"],
+        "peak_rss_ratio": qg["peak_rss_mib"] / strongest["peak_rss_mib"],
+        "eval_loss_rel_diff": (qg["eval_loss"] - strongest["eval_loss"]) / strongest["eval_loss"],
+        "same_tokens": all(b["real_tokens"] == qg["real_tokens"] for b in best.values()),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
     print(f"\n{n_params / 1e6:.1f}M-param Llama, {args.steps} steps x {args.batch_size} x {args.grad_accum} "
-          f"examples, {args.threads} thread(s); baseline padding {result['baseline_padding_fraction']:.0%}\n")
+          f"examples, {args.threads} thread(s); padded baseline's padding {result['baseline_padding_fraction']:.0%}; "
+          f"fp32 matmul peak {peak:.0f} GFLOP/s\n")
     print("| trainer | real tokens | real tokens/s (wall) | real tokens/CPU-s | peak RSS (MiB) | final train loss "
-          "| eval loss |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, r in (("transformers.Trainer + PEFT (padded)", hf), ("QuantGridTrainer (packed)", qg)):
-        print(f"| {name} | {r['real_tokens']:,} | {r['tokens_per_s']:,.0f} | {r['tokens_per_cpu_s']:,.0f} | "
-              f"{r['peak_rss_mib']:.0f} | {r['final_train_loss']:.4f} | {r['eval_loss']:.4f} |")
-    print(f"\nspeed-up {result['speedup_real_tokens_per_s']:.2f}x real tokens/s (wall), "
+          "| eval loss | fraction of matmul peak |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for kind in KINDS:
+        r = best[kind]
+        print(f"| {PEERS.get(kind, 'QuantGridTrainer (packed)')} | {r['real_tokens']:,} | {r['tokens_per_s']:,.0f} | "
+              f"{r['tokens_per_cpu_s']:,.0f} | {r['peak_rss_mib']:.0f} | {r['final_train_loss']:.4f} | "
+              f"{r['eval_loss']:.4f} | {r['fraction_of_peak']:.1%} |")
+    print(f"\nvs the strongest peer ({PEERS[peer]}): {result['speedup_real_tokens_per_s']:.2f}x real tokens/s (wall), "
           f"{result['speedup_real_tokens_per_cpu_s']:.2f}x per CPU-second; peak RSS ratio "
           f"{result['peak_rss_ratio']:.2f}; eval loss difference {result['eval_loss_rel_diff']:+.2%}; "
           f"same tokens: {result['same_tokens']}")
