@@ -15,7 +15,8 @@ from quantgrid.merge.methods import merge, relative_error
 
 NOW = dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.timezone.utc)  # Sunday of ISO week 47
 RELEASE_FILES = {"adapter_config.json", "adapter_model.safetensors", "quantgrid.json", "release.json",
-                 "RELEASE_NOTES.md"}
+                 "RELEASE_NOTES.md", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json"}
+EQUAL = R.BuildOptions(weighting="equal", rank=4)  # the plain mean at the recipe's rank
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +35,7 @@ def _run(world, store, names, **kw):
     # Out of domain, the random-init tiny base moves a lot with any finance training; the
     # OOD gate itself is tested at the hub default in test_out_of_domain_gate.
     kw.setdefault("ood_tolerance", 1.0)
+    kw.setdefault("opts", EQUAL)
     return R.run_release([world["c"][n] for n in names], store, recipe=world["recipe"], base_path=world["base"],
                          benchmark=world["bench"], ood=world["ood"], **kw)
 
@@ -69,6 +71,34 @@ def test_first_release_is_a_plain_peft_adapter_with_manifest_and_notes(world, tm
     key = next(k for k in expected if k.endswith("layers.0.self_attn.q_proj"))
     got = layer.get_delta_weight("default")
     assert torch.allclose(got, expected[key].delta(), atol=1e-5)
+
+
+def test_default_release_fits_weights_adapts_its_rank_and_records_its_quality(world, tmp_path):
+    """The default build: weights fitted on half the hidden benchmark, rank by energy, and the
+    release measured against the base and each adapter alone on the other half."""
+    store = R.ReleaseStore(tmp_path / "releases")
+    contribs = [world["c"][n] for n in ("a1", "a2", "b1")]
+    out = R.run_release(contribs, store, recipe=world["recipe"], base_path=world["base"], benchmark=world["bench"],
+                        ood=world["ood"], now=NOW, ood_tolerance=1.0, loo=False)
+    m = out.manifest
+    assert m["weighting"] == "fit" and all(a["weight"] >= 0 for a in m["adapters"])
+    assert 1 <= m["rank"] <= 12  # 3 adapters of rank 4: exact at 12, cut to 99% of the energy
+    q = m["quality"]
+    fit_n, held_n = q["fit"]["n_items"], q["n_items"]
+    assert fit_n + held_n == len(world["bench"]) and abs(fit_n - held_n) <= len(q["slices"])
+    assert q["fit"]["end"] <= q["fit"]["start"]  # the search never ends worse than equal weights
+    assert set(q["overall"]["adapters"]) == {"a1", "a2", "b1"}
+    assert q["best_single"]["loss"] == min(q["overall"]["adapters"].values())
+    assert q["beats_best_single"] == (q["overall"]["release"] < q["best_single"]["loss"])
+    for r in q["retention"].values():  # retention is (base - release) / (base - adapter) on the own slice
+        row = q["slices"][r["own_slice"]]
+        assert r["release_gain"] == pytest.approx(row["base"] - row["release"])
+    notes = (store.path(out.version) / "RELEASE_NOTES.md").read_text()
+    assert "## Release against each adapter alone" in notes and "| **overall** |" in notes
+    # The weights file is exactly the merge the manifest describes.
+    opts = R.BuildOptions(weights={a["id"]: a["weight"] for a in m["adapters"]})
+    res, _ = R.merge_contributions(contribs, world["recipe"], opts)
+    assert res.rank == m["rank"] and relative_error(R.read_factors(store.path(out.version)), res.factors) < 1e-5
 
 
 def test_releases_are_cumulative_versioned_and_gated(world, tmp_path):
@@ -169,7 +199,7 @@ def test_leave_one_out_impact_and_impact_weights(world, tmp_path):
     contribs = [world["c"][n] for n in ("a1", "b1", "bad")]
     contribs[0].score, contribs[1].score, contribs[2].score = 0.2, 0.1, -0.3  # hub-measured, never self-reported
     out = R.run_release(contribs, store, recipe=world["recipe"], base_path=world["base"], benchmark=world["bench"],
-                        ood=(), now=NOW, dry_run=True, opts=R.BuildOptions(weighting="impact"))
+                        ood=(), now=NOW, dry_run=True, opts=R.BuildOptions(weighting="impact", rank=4))
     w = {a["id"]: a["weight"] for a in out.manifest["adapters"]}
     assert w == pytest.approx({"a1": 2 / 3, "b1": 1 / 3, "bad": 0.0})
     assert out.manifest["gate"]["passed"]

@@ -344,6 +344,7 @@ def _similarities(mine: dict, accepted: Sequence[AcceptedAdapter], releases: Seq
 def _slice_gains(orig, cand, examples, seed: int = 0) -> list[dict[str, Any]]:
     """Per topic slice of the hidden benchmark: loss of ``orig`` minus ``cand`` with its 95% interval."""
     from quantgrid.eval.loss import LossResult, bootstrap_delta_ci
+    from quantgrid.merge.release import topic_slices
 
     out = []
     for topic, idx in sorted(topic_slices(examples).items()):
@@ -351,14 +352,6 @@ def _slice_gains(orig, cand, examples, seed: int = 0) -> list[dict[str, Any]]:
         c = LossResult(cand.name, [cand.nll[i] for i in idx], [cand.n_tokens[i] for i in idx])
         lo, hi = bootstrap_delta_ci(c, o, seed=seed)  # o - c: positive = the candidate is better
         out.append({"topic": topic, "gain": o.mean - c.mean, "ci95": [lo, hi], "n_items": len(idx)})
-    return out
-
-
-def topic_slices(examples) -> dict[str, list[int]]:
-    """Indices of the hidden benchmark by ``meta["topic"]`` (items without one: "other")."""
-    out: dict[str, list[int]] = {}
-    for i, ex in enumerate(examples):
-        out.setdefault(str((ex.meta or {}).get("topic") or "other"), []).append(i)
     return out
 
 

@@ -514,3 +514,37 @@ def projected_cosine(a: Mapping[str, Any], b: Mapping[str, Any]) -> float:
     if na == 0.0 or proj2 <= 0.0:
         return 0.0
     return max(-1.0, min(1.0, inner / (na * math.sqrt(proj2))))
+
+
+def energy_rank(result: MergeResult, energy: float = 0.99, cap: int | None = None) -> MergeResult:
+    """Cut a merge to the smallest rank that keeps ``energy`` of every module's update.
+
+    Every method returns each module as ``B = U sqrt(S)``, ``A = sqrt(S) V^T`` with the
+    singular values in descending order, so the singular values are the products of the
+    column and row norms and the cut is a slice. One rank for all modules (the largest any
+    module needs, at most ``cap``), so the result stays a plain PEFT adapter with one ``r``.
+    """
+    if result.method == "cat":
+        raise ConfigError("energy_rank needs a merge in SVD form; cat stacks the factors",
+                          hint="use the svd method with rank = the sum of the input ranks (exact) instead")
+    if not 0 < energy <= 1:
+        raise ConfigError(f"energy must be in (0, 1], got {energy}", hint="e.g. 0.99 keeps 99% of the update")
+    need = 1
+    spectra = {}
+    for m, f in result.factors.items():
+        s2 = (f.B.double().norm(dim=0) * f.A.double().norm(dim=1)) ** 2  # squared singular values
+        spectra[m] = s2
+        total = float(s2.sum())
+        if total > 0:
+            cum = torch.cumsum(s2, 0) / total
+            need = max(need, int((cum < energy - 1e-12).sum()) + 1)
+    rank = min(need, cap or result.rank, result.rank)
+    out, errors = {}, {}
+    for m, f in result.factors.items():
+        s2 = spectra[m]
+        total = float(s2.sum())
+        kept = float(s2[:rank].sum())
+        prior = result.errors.get(m, 0.0) ** 2  # what the merge itself had already cut
+        errors[m] = math.sqrt(max(0.0, prior + (1 - prior) * (1 - kept / total))) if total > 0 else 0.0
+        out[m] = LoraFactors(f.A[:rank].contiguous(), f.B[:, :rank].contiguous(), f.scaling)
+    return MergeResult(factors=out, rank=rank, method=result.method, weights=result.weights, errors=errors)

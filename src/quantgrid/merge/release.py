@@ -28,6 +28,7 @@ feeds it contributions and records the result.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -122,31 +123,61 @@ class Contribution:
     sha256: str | None = None
 
 
+WEIGHTINGS = ("fit", "equal", "sum", "impact")
+VLLM_MAX_RANK = 256  # the largest LoRA rank vLLM serves (--max-lora-rank)
+
+
 @dataclass
 class BuildOptions:
+    """How a release is merged.
+
+    ``weighting``: ``fit`` (default: per-adapter weights fitted on the fit half of the hidden
+    benchmark, as LoraHub does, starting from equal weights), ``equal`` (the mean update),
+    ``sum`` (task arithmetic: every update at full strength), ``impact`` (by measured score).
+    ``rank``: a fixed release rank; None (default) is adaptive: the smallest rank that keeps
+    ``energy`` of every module's merged update, at most ``max_rank`` (a rank vLLM serves).
+    """
+
     method: str = "svd"
-    rank: int | None = None  # default: the recipe's r
-    weighting: str = "equal"  # or "impact": proportional to each adapter's measured score
+    rank: int | None = None
+    weighting: str = "fit"
     options: dict[str, Any] = field(default_factory=dict)  # density, trim, seed
+    energy: float = 0.99
+    max_rank: int = VLLM_MAX_RANK
+    weights: dict[str, float] | None = None  # explicit weight per adapter id (set by fitting)
+
+
+def _weights(contribs: Sequence[Contribution], opts: BuildOptions) -> list[float] | None:
+    if opts.weights is not None:
+        missing = [c.id for c in contribs if c.id not in opts.weights]
+        if missing:
+            raise ConfigError(f"no merge weight for adapter(s) {', '.join(missing)}")
+        return [float(opts.weights[c.id]) for c in contribs]
+    if opts.weighting in ("equal", "fit"):  # fit starts from (and without an evaluator is) equal
+        return None
+    if opts.weighting == "sum":
+        return [1.0] * len(contribs)
+    if opts.weighting == "impact":
+        return impact_weights([c.score if c.score is not None else 0.0 for c in contribs])
+    raise ConfigError(f"unknown weighting {opts.weighting!r}", hint=f"use one of {', '.join(WEIGHTINGS)}")
 
 
 def merge_contributions(contribs: Sequence[Contribution], recipe: Recipe, opts: BuildOptions):
-    """-> (MergeResult, weights). Weights are equal, or by measured impact (never self-reported)."""
+    """-> (MergeResult, contributions in merge order). Weights are never self-reported."""
+    from quantgrid.merge.methods import energy_rank
+
     if not contribs:
         raise ConfigError("no accepted adapters to release", hint="a release needs at least one accepted adapter")
-    if opts.weighting == "equal":
-        weights = None
-    elif opts.weighting == "impact":
-        weights = impact_weights([c.score if c.score is not None else 0.0 for c in contribs])
-    else:
-        raise ConfigError(f"unknown weighting {opts.weighting!r}", hint="use equal or impact")
     # Sort by id so the merge input (and the manifest) never depend on database order.
-    order = sorted(range(len(contribs)), key=lambda i: contribs[i].id)
-    contribs = [contribs[i] for i in order]
-    weights = None if weights is None else [weights[i] for i in order]
-    res = merge([c.factors for c in contribs], weights, method=opts.method, rank=opts.rank or recipe.lora.r,
+    contribs = sorted(contribs, key=lambda c: c.id)
+    weights = _weights(contribs, opts)
+    if opts.rank:
+        res = merge([c.factors for c in contribs], weights, method=opts.method, rank=opts.rank, **opts.options)
+        return res, contribs
+    full = sum(max(f.rank for f in c.factors.values()) for c in contribs)  # exact below this rank
+    res = merge([c.factors for c in contribs], weights, method=opts.method, rank=min(full, opts.max_rank),
                 **opts.options)
-    return res, contribs
+    return (res if opts.method == "cat" else energy_rank(res, opts.energy, opts.max_rank)), contribs
 
 
 def build_release(out_dir: Path, contribs: Sequence[Contribution], recipe: Recipe, *, version: str,
@@ -244,15 +275,32 @@ class Evaluator:
         self._n += 1
         name = f"release_eval_{self._n}"
         self.model = load_adapter(self.model, adapter_dir, adapter_name=name)
+        if self.model.active_adapter not in self.model.peft_config:  # every earlier adapter was removed
+            self.model.set_adapter(name)
         return name
 
+    def add_factors(self, factors: dict[str, LoraFactors], rank: int, tmp: Path) -> str:
+        """Attach merged factors (scaling 1) written as a PEFT adapter under ``tmp``."""
+        self._n += 1
+        d = Path(tmp) / f"factors_{self._n}"
+        d.mkdir(parents=True, exist_ok=True)
+        write_adapter(d, factors, rank, base_model=self.recipe.base_model,
+                      target_modules=self.recipe.lora.target_modules)
+        return self.add(d)
+
     def remove(self, name: str) -> None:
+        remaining = [a for a in getattr(self.model, "peft_config", {}) if a != name]
+        if remaining and self.model.active_adapter == name:
+            self.model.set_adapter(remaining[0])  # PEFT cannot delete the active adapter's config otherwise
         self.model.delete_adapter(name)
 
-    def losses(self, names: Sequence[str | None], which: str = "benchmark") -> dict:
+    def losses(self, names: Sequence[str | None], which: str | Sequence = "benchmark") -> dict:
         from quantgrid.eval.loss import completion_losses
 
-        examples = self.benchmark if which == "benchmark" else self.ood
+        if isinstance(which, str):
+            examples = self.benchmark if which == "benchmark" else self.ood
+        else:
+            examples = list(which)
         return completion_losses(self.model, self.tokenizer, examples, template=self.recipe.prompt_template,
                                  system_prompt=self.recipe.system_prompt,
                                  max_length=self.recipe.training.max_seq_length, adapters=list(names))
@@ -304,6 +352,148 @@ def leave_one_out(ev: Evaluator, contribs: Sequence[Contribution], recipe: Recip
             finally:
                 ev.remove(name)
     return out
+
+
+# ------------------------------------------------------------------ release quality
+
+
+def topic_slices(examples: Sequence) -> dict[str, list[int]]:
+    """Indices of benchmark items by ``meta["topic"]`` (items without one: "other")."""
+    out: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        out.setdefault(str((ex.meta or {}).get("topic") or "other"), []).append(i)
+    return out
+
+
+def single_losses(ev: Evaluator, contribs: Sequence[Contribution], tmp: Path):
+    """(base, {adapter id: LossResult}) on the whole hidden benchmark: each accepted adapter alone."""
+    names = {}
+    for c in contribs:
+        one = merge([c.factors], [1.0], method="svd", rank=max(f.rank for f in c.factors.values()))
+        names[c.id] = ev.add_factors(one.factors, one.rank, tmp)
+    try:
+        ls = ev.losses([None, *names.values()])
+    finally:
+        for name in names.values():
+            ev.remove(name)
+    return ls[None], {k: ls[v] for k, v in names.items()}
+
+
+def split_benchmark(examples: Sequence) -> tuple[list[int], list[int]]:
+    """(fit, held-out) indices: every other item of each topic slice, so both halves cover
+    every topic. The release's weights are fitted on the first, its quality measured on the second."""
+    fit: list[int] = []
+    held: list[int] = []
+    for idx in topic_slices(examples).values():
+        fit += idx[0::2]
+        held += idx[1::2]
+    return sorted(fit), sorted(held)
+
+
+def _slice_means(loss, slices: dict[str, list[int]]) -> dict[str, float]:
+    out = {}
+    for topic, idx in slices.items():
+        tokens = sum(loss.n_tokens[i] for i in idx)
+        out[topic] = sum(loss.nll[i] for i in idx) / tokens if tokens else math.nan
+    return out
+
+
+def _mean(loss, idx: Sequence[int]) -> float:
+    tokens = sum(loss.n_tokens[i] for i in idx)
+    return sum(loss.nll[i] for i in idx) / tokens if tokens else math.nan
+
+
+def quality(base, release, singles: dict[str, Any], examples: Sequence, idx: Sequence[int],
+            contributors: dict[str, str], target: float = 0.8) -> dict[str, Any]:
+    """The release against the base and each accepted adapter alone, per topic slice and overall.
+
+    ``base``, ``release`` and ``singles[id]`` are LossResults on ``examples``; only items
+    ``idx`` count. An adapter's own slice is the topic where it gains most over the base;
+    retention = (base - release) / (base - adapter) there.
+    """
+    sub = [examples[i] for i in idx]
+    slices = {t: [idx[j] for j in js] for t, js in topic_slices(sub).items()}
+    b, r = _slice_means(base, slices), _slice_means(release, slices)
+    per = {k: _slice_means(v, slices) for k, v in singles.items()}
+    overall = {"base": _mean(base, idx), "release": _mean(release, idx),
+               "adapters": {k: _mean(v, idx) for k, v in singles.items()}}
+    best_id = min(overall["adapters"], key=lambda k: overall["adapters"][k]) if singles else None
+    retention = {}
+    for k, p in per.items():
+        gains = {t: b[t] - p[t] for t in slices}
+        own = max(gains, key=lambda t: gains[t]) if gains else None
+        ret = (b[own] - r[own]) / gains[own] if own is not None and gains[own] > 0 else None
+        retention[k] = {"contributor": contributors.get(k), "own_slice": own, "adapter_gain": gains.get(own),
+                        "release_gain": (b[own] - r[own]) if own else None, "retention": ret}
+    rets = [v["retention"] for v in retention.values() if v["retention"] is not None]
+    return {
+        "n_items": len(idx), "split": "held-out half of the hidden benchmark",
+        "slices": {t: {"n_items": len(slices[t]), "base": b[t], "release": r[t],
+                       "adapters": {k: per[k][t] for k in per}} for t in sorted(slices)},
+        "overall": overall,
+        "best_single": {"id": best_id, "loss": overall["adapters"][best_id]} if best_id else None,
+        "beats_best_single": bool(best_id is not None and overall["release"] < overall["adapters"][best_id]),
+        "margin_vs_best_single": (overall["adapters"][best_id] - overall["release"]) if best_id else None,
+        "retention": retention, "min_retention": min(rets) if rets else None, "retention_target": target,
+        "keeps_target": bool(rets) and min(rets) >= target,
+    }
+
+
+def fit_weights(ev: Evaluator, contribs: Sequence[Contribution], recipe: Recipe, opts: BuildOptions,
+                fit_idx: Sequence[int], tmp: Path, base, singles: dict[str, Any], *, rounds: int = 4, retention_target: float = 0.8,
+                log: Callable[[str], None] = lambda s: None) -> tuple[dict[str, float], dict[str, Any]]:
+    """Per-adapter merge weights fitted on the fit half of the hidden benchmark (LoraHub-style
+    gradient-free coordinate search from equal weights).
+
+    The objective is the fit half's loss plus, for every adapter, the shortfall of its own-slice
+    retention below ``retention_target`` times its own-slice gain (both in nats/token), so the
+    search does not buy a lower mean by dropping a contributor. Returns (weights by id, trace).
+    """
+    ordered = sorted(contribs, key=lambda c: c.id)
+    n = len(ordered)
+    sub = [ev.benchmark[i] for i in fit_idx]
+    slices = {t: [fit_idx[j] for j in js] for t, js in topic_slices(sub).items()}
+    b = _slice_means(base, slices)
+    own = {}
+    for c in ordered:
+        p = _slice_means(singles[c.id], slices)
+        t = max(slices, key=lambda t: b[t] - p[t])
+        own[c.id] = (t, b[t] - p[t])
+
+    def objective(ws: list[float]) -> float:
+        trial = BuildOptions(**{**opts.__dict__, "weights": {c.id: w for c, w in zip(ordered, ws, strict=True)}})
+        res, _ = merge_contributions(ordered, recipe, trial)
+        name = ev.add_factors(res.factors, res.rank, tmp)
+        try:
+            loss = ev.losses([name])[name]
+        finally:
+            ev.remove(name)
+        value = _mean(loss, fit_idx)
+        if retention_target > 0:
+            r = _slice_means(loss, slices)
+            for t, gain in own.values():
+                if gain > 0:
+                    value += max(0.0, retention_target - (b[t] - r[t]) / gain) * gain
+        return value
+
+    ws = [1.0 / n] * n
+    best = objective(ws)
+    trace = {"start": best, "evaluations": 1}
+    step = 0.5 / n
+    for _ in range(rounds):
+        for j in range(n):
+            for sign in (1.0, -1.0):
+                trial = list(ws)
+                trial[j] = max(0.0, trial[j] + sign * step)
+                value = objective(trial)
+                trace["evaluations"] += 1
+                if value < best - 1e-6:
+                    ws, best = trial, value
+                    break
+        step /= 2
+        log(f"fitting weights: objective {best:.4f} after {trace['evaluations']} evaluations")
+    trace["end"] = best
+    return {c.id: w for c, w in zip(ordered, ws, strict=True)}, trace
 
 
 # ------------------------------------------------------------------ trial merge (validation)
@@ -364,6 +554,7 @@ def release_notes(manifest: dict[str, Any]) -> str:
         lines += ["", f"Improvement over the base model: {met['improvement_over_base']:+.4f} nats/token.", ""]
     if m.get("gate"):
         lines += [f"Gate: {'passed' if m['gate']['passed'] else 'FAILED'} — {m['gate']['reason']}.", ""]
+    lines += quality_markdown(m.get("quality"))
     lines += ["## Adapters", "", "| adapter | contributor | weight | merge error |", "|---|---|---|---|"]
     lines += [f"| {a['id']} | {a['contributor']} | {a['weight']:.4f} | {a['merge_error']:.2e} |" for a in m["adapters"]]
     if m.get("impact"):
@@ -375,6 +566,37 @@ def release_notes(manifest: dict[str, Any]) -> str:
     lines += ["", f"Merge truncation error (relative Frobenius, per module): max {me['max']:.2e}, "
                   f"mean {me['mean']:.2e}.", ""]
     return "\n".join(lines)
+
+
+def quality_markdown(q: dict[str, Any] | None) -> list[str]:
+    """The release-quality table (per topic slice and overall: base, release, each adapter alone)."""
+    if not q:
+        return []
+    ids = list(q["overall"]["adapters"])
+
+    def cell(x):
+        return "n/a" if x is None else f"{x:.4f}"
+
+    lines = ["## Release against each adapter alone", "",
+             f"Mean loss (nats/token) on {q['n_items']} items, {q['split']}; lower is better.", "",
+             "| slice | items | base | release | " + " | ".join(f"adapter {i}" for i in ids) + " |",
+             "|---|---|---|---|" + "---|" * len(ids)]
+    for t, row in q["slices"].items():
+        lines.append(f"| {t} | {row['n_items']} | {cell(row['base'])} | {cell(row['release'])} | "
+                     + " | ".join(cell(row["adapters"][i]) for i in ids) + " |")
+    o = q["overall"]
+    lines.append(f"| **overall** | {q['n_items']} | {cell(o['base'])} | {cell(o['release'])} | "
+                 + " | ".join(cell(o["adapters"][i]) for i in ids) + " |")
+    best = q.get("best_single") or {}
+    lines += ["", f"Best single adapter: {best.get('id')} at {cell(best.get('loss'))}; the release is "
+                  f"{'better' if q['beats_best_single'] else 'NOT better'} by {cell(q['margin_vs_best_single'])}.",
+              "", "| adapter | contributor | own slice | adapter gain | release gain | retention |", "|---|---|---|---|---|---|"]
+    for i, r in q["retention"].items():
+        ret = "n/a" if r["retention"] is None else f"{r['retention']:.0%}"
+        lines.append(f"| {i} | {r['contributor']} | {r['own_slice']} | {cell(r['adapter_gain'])} | "
+                     f"{cell(r['release_gain'])} | {ret} |")
+    lines.append("")
+    return lines
 
 
 # ------------------------------------------------------------------ the release store
@@ -466,6 +688,7 @@ def run_release(contribs: Sequence[Contribution], store: ReleaseStore, *, recipe
                 benchmark, ood=(), opts: BuildOptions | None = None, now: dt.datetime | None = None,
                 existing_versions: Sequence[str] | None = None, previous_dir: Path | None = None, dry_run: bool = False,
                 tolerance: float = 0.0, ood_tolerance: float = 0.05, loo: bool = True,
+                retention_target: float = 0.8,
                 commit: Callable[[str, Path, dict[str, Any]], None] | None = None,
                 log: Callable[[str], None] = lambda s: None) -> ReleaseOutcome:
     """Build, evaluate, gate and (unless ``dry_run`` or the gate fails) publish a release.
@@ -486,12 +709,32 @@ def run_release(contribs: Sequence[Contribution], store: ReleaseStore, *, recipe
     with tempfile.TemporaryDirectory(prefix="qg-release-") as tmp:
         work = Path(tmp) / version
         work.mkdir()
-        manifest = build_release(work, contribs, recipe, version=version, base_path=base_path, opts=opts, now=now)
-        log(f"merged: max truncation error {manifest['merge_error']['max']:.2e}; evaluating")
+        scratch = Path(tmp) / "scratch"
         ev = Evaluator(base_path, recipe, benchmark, ood)
+        log(f"scoring each of the {len(contribs)} accepted adapter(s) alone")
+        base_l, singles = single_losses(ev, contribs, scratch)
+        fit_idx, held_idx = split_benchmark(ev.benchmark)
+        fit_trace = None
+        if opts.weighting == "fit" and opts.weights is None and len(contribs) > 1 and fit_idx and held_idx:
+            weights, fit_trace = fit_weights(ev, contribs, recipe, opts, fit_idx, scratch, base_l, singles,
+                                             retention_target=retention_target, log=log)
+            opts = dataclasses.replace(opts, weights=weights)
+        else:
+            held_idx = list(range(len(ev.benchmark)))  # nothing fitted: every item is held out
+        manifest = build_release(work, contribs, recipe, version=version, base_path=base_path, opts=opts, now=now)
+        log(f"merged to rank {manifest['rank']}: max truncation error {manifest['merge_error']['max']:.2e}; "
+            "evaluating")
         metrics, names = evaluate_release(ev, work, previous_dir)
         metrics["n_adapters"] = len(contribs)
         manifest["metrics"] = _json_safe(metrics)
+        q = quality(base_l, names["bench"][names["new"]], singles, ev.benchmark, held_idx,
+                    {c.id: c.contributor for c in contribs}, target=retention_target)
+        if fit_trace is not None:
+            q["fit"] = {"n_items": len(fit_idx), **fit_trace}
+        else:
+            q["split"] = "the whole hidden benchmark (no weights were fitted)"
+        manifest["quality"] = _json_safe(q)
+        log(_quality_line(q))
         manifest["previous"] = previous_dir.name if previous_dir is not None else None
         g = gate(metrics, tolerance=tolerance, ood_tolerance=ood_tolerance)
         manifest["gate"] = {"passed": g.passed, "reason": g.reason}
@@ -521,9 +764,21 @@ def run_release(contribs: Sequence[Contribution], store: ReleaseStore, *, recipe
         return ReleaseOutcome(version, True, False, g.reason, manifest, path)
 
 
+def _quality_line(q: dict[str, Any]) -> str:
+    best = q.get("best_single") or {}
+    ret = q.get("min_retention")
+    return (f"quality on {q['n_items']} held-out items: release {q['overall']['release']:.4f}, best single adapter "
+            f"{best.get('loss', math.nan):.4f} ({'beaten' if q['beats_best_single'] else 'NOT beaten'}), base "
+            f"{q['overall']['base']:.4f}; lowest own-topic retention "
+            + (f"{ret:.0%}" if ret is not None else "n/a") + f" (target {q['retention_target']:.0%})")
+
+
 def _write_meta(d: Path, manifest: dict[str, Any]) -> None:
     (d / RELEASE_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     (d / RELEASE_NOTES).write_text(release_notes(manifest))
+    from quantgrid.card import CARD, release_card
+
+    (d / CARD).write_text(release_card(manifest))  # the Hugging Face model card
 
 
 def _json_safe(x: Any) -> Any:

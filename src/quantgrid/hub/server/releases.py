@@ -13,10 +13,13 @@ complete directory into place, then commits one transaction (new row current, th
 not, adapter impacts), then moves the pointer file: a crash anywhere keeps the previous
 release in service.
 
-The scheduler (``release_schedule`` setting, e.g. ``"SUN 03:00"`` UTC) runs in the hub
+The scheduler (``release_schedule`` setting: a cron expression in UTC, by default
+``"0 3 * * SUN"``, weekly; ``"off"`` turns it off) runs in the hub
 process: at startup and every minute it enqueues one ``release`` job per due slot (the
 slot is the job's dedupe key, so several hub processes never release twice). A slot that
-passed while the hub was down is due at once: the missed release runs at startup.
+passed while the hub was down is due at once: the missed release runs at startup. A release
+with no new accepted adapter since the one in service is skipped with a message, not
+published again under a new version.
 """
 
 from __future__ import annotations
@@ -65,15 +68,18 @@ def hidden_sets(settings: HubSettings):
 
 def accepted_contributions(db: Database, settings: HubSettings) -> list:
     """Every accepted adapter (releases are cumulative), read from the blob store in memory."""
-    from quantgrid.hub.server.storage import BlobStore
-    from quantgrid.merge.release import Contribution, read_factors_zip
+    from quantgrid.hub.server.storage import open_blob_store
+    from quantgrid.hub.validate import factor_cache
+    from quantgrid.merge.release import Contribution
 
-    blobs = BlobStore(settings.blob_dir)
+    blobs = open_blob_store(settings)
+    cache = factor_cache(settings)  # filled when each adapter was accepted
     with db.read() as s:
         rows = s.execute(select(Adapter.id, Adapter.blob_sha256, Adapter.score, User.name)
                          .join(User, User.id == Adapter.user_id).order_by(Adapter.id)).all()
-    return [Contribution(id=f"{aid:06d}", contributor=name, factors=read_factors_zip(blobs.read_bytes(sha)),
-                         score=score, sha256=sha) for aid, sha, score, name in rows]
+    return [Contribution(id=f"{aid:06d}", contributor=name, score=score, sha256=sha,
+                         factors=cache.factors(sha, settings.recipe, lambda sha=sha: blobs.read_bytes(sha)))
+            for aid, sha, score, name in rows]
 
 
 def current_release(db: Database) -> Release | None:
@@ -85,7 +91,7 @@ def current_release(db: Database) -> Release | None:
 
 
 def release_now(settings: HubSettings, db: Database, *, dry_run: bool = False, method: str = "svd",
-                rank: int | None = None, weighting: str = "equal", loo: bool = True, options: dict | None = None,
+                rank: int | None = None, weighting: str = "fit", loo: bool = True, options: dict | None = None,
                 now: dt.datetime | None = None, log_fn: Callable[[str], None] = log.info, evaluator_sets=None):
     """Build, gate and publish a release of every accepted adapter. Returns a ReleaseOutcome."""
     from quantgrid.merge.release import ReleaseStore
@@ -108,6 +114,13 @@ def _release_locked(settings, db, store, *, dry_run, method, rank, weighting, lo
         existing = list(s.scalars(select(Release.version)))
     cur = current_release(db)
     previous_dir = Path(cur.path) if cur is not None and cur.path else None
+    if cur is not None and not dry_run:
+        released = {str(a.get("id")) for a in (cur.manifest or {}).get("adapters", [])}
+        if {c.id for c in contribs} <= released:
+            msg = (f"no new accepted adapter since release {cur.version}: skipped, nothing published "
+                   f"({len(contribs)} adapter(s), all already in {cur.version})")
+            log_fn(msg)
+            return ReleaseOutcome(version="", published=False, dry_run=False, reason=msg, manifest={})
     benchmark, ood = evaluator_sets if evaluator_sets is not None else hidden_sets(settings)
 
     def commit(version: str, path: Path, manifest: dict[str, Any]) -> None:
@@ -174,7 +187,7 @@ def handle_release_job(ctx) -> dict[str, Any]:
     """Worker handler for ``release`` jobs (payload: method, rank, weighting, dry_run, slot)."""
     p = ctx.payload or {}
     out = release_now(ctx.settings, ctx.db, dry_run=bool(p.get("dry_run", False)), method=p.get("method", "svd"),
-                      rank=p.get("rank"), weighting=p.get("weighting", "equal"))
+                      rank=p.get("rank"), weighting=p.get("weighting", "fit"))
     return {"version": out.version, "published": out.published, "reason": out.reason, "slot": p.get("slot")}
 
 
