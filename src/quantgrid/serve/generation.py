@@ -85,17 +85,19 @@ async def _open(state: ServeState, spec: GenSpec) -> Generation:
         return await _upstream(state, spec, reason="local engine disabled")
     target = state.router.resolve(spec.model)  # 404 for an unknown name
     engine = state.engine
-    ids = engine.encode_chat(spec.messages) if spec.is_chat else engine.encode(spec.prompt or "")
-    engine.check_prompt(len(ids))  # 400 naming the limit
-    spec.params.max_tokens = min(spec.params.max_tokens, engine.context_length - len(ids))
     adapter = target.adapter
-    if target.auto:
-        text = spec.prompt if not spec.is_chat else "\n".join(m["content"] for m in spec.messages)
-        route = await run_in_threadpool(state.router.route, text, ids)
+    if target.auto:  # route on the question, then encode with the chosen adapter's training prompt
+        text = spec.prompt if not spec.is_chat else next(
+            (m["content"] for m in reversed(spec.messages) if m["role"] == "user"), "")
+        engine.check_prompt_size(len(text or ""))
+        route = await run_in_threadpool(state.router.route, text)
         state.metrics.routed.labels(adapter=route.adapter or "none").inc()
         if route.adapter is None and state.settings.auto_fallback == "upstream" and state.upstreams:
             return await _upstream(state, spec, reason="no local adapter fits")
         adapter = route.adapter or state.router.release
+    # Off the event loop, size-limited (413), context-checked (400).
+    ids = await engine.aencode(messages=spec.messages, prompt=spec.prompt, adapter=adapter)
+    spec.params.max_tokens = min(spec.params.max_tokens, engine.context_length - len(ids))
     t_submit = time.perf_counter()
     events = engine.stream(ids, spec.params, adapter)
     try:
