@@ -203,6 +203,18 @@ def write_adapter_card(adapter_dir: str | Path, *, name: str | None = None, lice
                                                     license=license))
 
 
+def refresh_adapter_card(adapter_dir: str | Path, results: dict[str, Any]) -> Path | None:
+    """After an eval wrote ``results`` into the adapter: rewrite its card with them, unless the
+    README.md there is not a quantgrid card (a contributor's own README is never replaced)."""
+    d = Path(adapter_dir)
+    if not (d / "quantgrid.json").is_file():
+        return None
+    if (d / CARD).is_file() and "quantgrid" not in (read_front_matter((d / CARD).read_text(encoding="utf-8"))
+                                                    .get("tags") or []):
+        return None
+    return write_adapter_card(d, results=results)
+
+
 def _license_from_card(path: Path) -> str | None:
     """Keep the licence an earlier card declared when the card is refreshed."""
     meta = read_front_matter(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -540,6 +540,9 @@ def write_into_adapter(adapter: Path, ev: Evaluation, results_text: str, report:
     if not bench.is_file():
         written.insert(0, atomic_write_text(bench, render_jsonl(ev.examples)))
     if (adapter / MANIFEST).is_file():
+        from quantgrid.card import refresh_adapter_card
+
+        refresh_adapter_card(adapter, json.loads(results_text))  # the model card's eval table and model-index
         # Rewrite the manifest last, from the previous one, so every hash covers the new files.
         prev = read_manifest(adapter)
         write_manifest(adapter, recipe=Recipe.model_validate(prev.recipe), base_name=prev.base_model.name,
