@@ -186,9 +186,17 @@ def main() -> int:
         nll, t = timed(lambda: run_naive(model, enc), 1)
         rows.append({"method": "naive", "batch": "1", "seconds": t, "nll": nll})
 
+    from machine_peak import forward_flops_per_token, fraction, matmul_peak_gflops
+
+    peak = matmul_peak_gflops(torch.get_num_threads()) if args.device == "cpu" else None
+    # every token of an item goes through the layers; the vocabulary projection is left out
+    # (quantgrid computes it only where a completion token is predicted, the others everywhere)
+    flops_per_scored = forward_flops_per_token(model.config, with_logits=False) * all_tokens / tokens
     counts = [e.n_completion_tokens for e in enc]
     for r in rows:
         r["tokens_per_s"] = tokens / r["seconds"]
+        if peak:
+            r.update(fraction(r["tokens_per_s"], flops_per_scored, peak))
         r["max_abs_diff_nats_per_token"] = max(abs(a - b) / n for a, b, n in zip(r.pop("nll"), ref, counts, strict=True))
         r["nll_match"] = r["max_abs_diff_nats_per_token"] < 1e-4
     qg = max(r["tokens_per_s"] for r in rows if r["method"] == "quantgrid")
@@ -209,16 +217,19 @@ def main() -> int:
         "items": len(enc), "tokens": all_tokens, "scored_tokens": tokens, "template": args.template,
         "device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "repeats": args.repeats, "rows": rows, "best": summary,
+        "matmul_peak_gflops": peak, "flops_per_scored_token": flops_per_scored,
         "command": "python " + " ".join(sys.argv),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
 
-    print("| method | batch | scored tokens/s | quantgrid speedup | max NLL diff (nats/token) |")
-    print("|---|---|---:|---:|---:|")
+    print(f"fp32 matmul peak: {peak:.0f} GFLOP/s\n" if peak else "")
+    print("| method | batch | scored tokens/s | quantgrid speedup | max NLL diff (nats/token) | fraction of matmul peak |")
+    print("|---|---|---:|---:|---:|---:|")
     for r in rows:
+        frac = f"{r['fraction_of_peak']:.1%}" if "fraction_of_peak" in r else "-"
         print(f"| {r['method']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['quantgrid_speedup']:.2f}x | "
-              f"{r['max_abs_diff_nats_per_token']:.1e} |")
+              f"{r['max_abs_diff_nats_per_token']:.1e} | {frac} |")
     if lm_eval_error:
         print(f"\nlm-eval: {lm_eval_error}")
     ok = all(r["nll_match"] for r in rows)
