@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from quantgrid.cli._common import console
 from quantgrid.cli.hub import ConfigOpt, DbOpt, StorageOpt, hub_app, hub_settings
 
 
@@ -31,13 +30,12 @@ def gc(
         report = collect(settings, database, open_blob_store(settings), grace_s=grace, dry_run=dry_run)
     finally:
         database.dispose()
+    verb = "would remove" if dry_run else "removed"
     for sha in report.blobs:
-        console.print(f"{'would remove' if dry_run else 'removed'} blob {sha}", highlight=False, markup=False)
+        typer.echo(f"{verb} blob {sha}")
     for path in report.staging + report.temp_dirs:
-        console.print(f"{'would remove' if dry_run else 'removed'} {path}", highlight=False, markup=False)
-    summary = report.summary()
-    console.print(summary.replace("removed", "would remove", 1) if dry_run else summary, highlight=False,
-                  markup=False)
+        typer.echo(f"{verb} {path}")
+    typer.echo(report.summary().replace("removed", verb, 1))
 
 
 def register(app: typer.Typer) -> None:

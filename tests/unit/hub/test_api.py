@@ -237,3 +237,46 @@ def test_push_idempotency_property(app, users):
         push()
     with app.state.db.read() as s:
         assert s.query(Submission).count() == len(seen)
+
+
+def test_401_names_the_bearer_scheme(client, users):
+    r = client.get("/v1/me")
+    assert r.status_code == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="quantgrid"'
+    r = client.get("/v1/me", headers={"Authorization": "Bearer qg_wrong"})
+    assert r.headers["WWW-Authenticate"] == 'Bearer realm="quantgrid", error="invalid_token"'
+
+
+def test_revoking_a_user_withdraws_their_upvotes(client, users, app):
+    sid = _push(client, users["alice"]).json()["id"]
+    _accept(app, {"a": sid})
+    assert client.post(f"/v1/adapters/{sid}/upvote", headers=users["bob"]).json()["upvotes"] == 1
+    assert client.post(f"/v1/adapters/{sid}/upvote", headers=users["root"]).json()["upvotes"] == 2
+    revoke_user(app.state.db, "bob")
+    assert client.get("/v1/adapters").json()["items"][0]["upvotes"] == 1
+    board = {e["contributor"]: e for e in client.get("/v1/leaderboard").json()["entries"]}
+    assert board["alice"]["upvotes"] == 1
+
+
+def test_rate_and_daily_limits_hold_across_hub_processes(settings, users, app):
+    """Two app instances on one database stand for two API processes behind a load balancer:
+    they share one bucket per user and one daily count, so two processes do not double the limit."""
+    from fastapi.testclient import TestClient
+
+    from quantgrid.hub.server import create_app
+
+    tight = settings.model_copy(update={"rate_limit_burst": 4, "rate_limit_per_minute": 1,
+                                        "daily_submission_limit": 3})
+    a, b = create_app(tight), create_app(tight)
+    try:
+        with TestClient(a) as ca, TestClient(b) as cb:
+            codes = [(ca if i % 2 else cb).get("/v1/me", headers=users["alice"]).status_code for i in range(6)]
+            assert codes == [200, 200, 200, 200, 429, 429]
+            assert cb.get("/v1/me", headers=users["bob"]).status_code == 200
+        for s in (a, b):  # fresh buckets, the same tight daily limit
+            s.state.limiter.burst = 100.0
+        with TestClient(a) as ca, TestClient(b) as cb:
+            got = [_push(ca if i % 2 else cb, users["bob"], f"PK bob {i}".encode()).status_code for i in range(5)]
+            assert got == [201, 201, 201, 429, 429]
+    finally:
+        a.state.db.dispose()
+        b.state.db.dispose()

@@ -222,3 +222,22 @@ def test_claim_on_postgresql_skips_locked_rows_and_rechecks_status():
     assert sql.startswith("UPDATE jobs SET status=")
     assert "FOR UPDATE SKIP LOCKED" in sql
     assert sql.count("jobs.status =") == 2 and "RETURNING jobs.id" in sql
+
+
+def test_a_lease_held_by_a_dead_process_of_this_host_is_reclaimed_at_once(hub):
+    import socket
+    import subprocess
+    import sys
+
+    settings, db = hub
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    a, b, c = _add(db, 3)
+    assert jobs.claim(db, f"{host}:{dead.pid}:abc123", ["echo"], lease_seconds=900).id == a
+    assert jobs.claim(db, jobs.default_worker_id(), ["echo"], lease_seconds=900).id == b  # alive: this process
+    assert jobs.claim(db, f"elsewhere:{dead.pid}:abc123", ["echo"], lease_seconds=900).id == c  # another host
+    assert jobs.requeue_expired(db) == [a]  # no waiting for the 900 s lease
+    job = _job(db, a)
+    assert job.status == "queued" and "process is gone" in job.error
+    assert _job(db, b).status == "running" and _job(db, c).status == "running"

@@ -269,6 +269,7 @@ class FsspecBlobStore(BlobStore):
 
     def exists(self, sha256: str) -> bool:
         with _storage_errors("reading the blob store"):
+            self.fs.invalidate_cache()  # another hub process may have written or deleted it
             return self.fs.exists(self.key(sha256))
 
     def open(self, sha256: str) -> BinaryIO:
@@ -280,10 +281,10 @@ class FsspecBlobStore(BlobStore):
 
     def delete(self, sha256: str) -> bool:
         with _storage_errors("deleting a blob"):
-            try:
-                self.fs.rm_file(self.key(sha256))
-            except FileNotFoundError:
+            if not self.fs.exists(self.key(sha256)):  # S3 deletes of a missing key succeed silently
                 return False
+            self.fs.rm_file(self.key(sha256))
+            self.fs.invalidate_cache()
         return True
 
     def iter_blobs(self) -> Iterator[tuple[str, float]]:
