@@ -155,7 +155,11 @@ def left_out_reason(rel: str) -> str:
     if rel.startswith("eval/") and name.endswith(".json"):
         return "a separate eval run's full results (the adapter's numbers go in as eval/results.json)"
     if rel == "README.md":
-        return "free text; the hub shows the manifest's one-line dataset description instead"
+        return "the model card is free text; the hub shows the manifest's one-line dataset description instead"
+    if rel in ("chat_template.jinja", "special_tokens_map.json") or name.startswith("tokenizer"):
+        return "tokenizer files: the hub serves its own base's tokenizer with the recipe's chat template"
+    if name == "proposal.md":
+        return "your adapter proposal: share it yourself if you wish"
     if rel.startswith("checkpoints/") or "/checkpoint" in rel:
         return "training checkpoints (optimizer state, not part of an adapter)"
     if name.startswith("."):

@@ -15,6 +15,7 @@ from quantgrid.cli import (
     alpha,
     base,
     contrib,
+    contrib_tools,
     data,
     demo,
     evaluate,
@@ -78,7 +79,7 @@ def _root(
 
 
 # Order is the order of `quantgrid --help`: the contributor journey first.
-for _module in (demo, data, base, recipe, train, evaluate, alpha, package, contrib, hub, hub_validation,
+for _module in (demo, data, base, recipe, train, evaluate, alpha, package, contrib, contrib_tools, hub, hub_validation,
                 hub_release, hub_gc, serve, export):
     _module.register(app)
 

@@ -242,6 +242,10 @@ def finance_cmd(
 
     atomic_write_text(out, text)
     console.print(f"{len(examples)} examples written to [bold]{out}[/] (seed {seed})", highlight=False, soft_wrap=True)
+    from quantgrid.data.provenance import record_generated
+
+    if (log := record_generated(out, n=len(examples), seed=seed, topics=chosen or finance.TOPICS, concepts=concepts)):
+        console.print(f"provenance recorded in {log}", highlight=False, markup=False)
 
 
 @data_app.command("list")
