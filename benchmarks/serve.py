@@ -132,11 +132,25 @@ def run_static(name: str, requests, batch: int, run_batch) -> dict:
             "latencies": lat}
 
 
-def summarize(res: dict, n_tokens: int) -> dict:
+def summarize(res: dict, n_tokens: int, flops: float) -> dict:
+    """``flops``: the model FLOPs of the whole run (every prompt and generated token through the
+    layers, the vocabulary projection for each generated token), for the fraction of the peak."""
     lat = sorted(res.pop("latencies"))
     q = statistics.quantiles(lat, n=20) if len(lat) > 1 else lat * 19
     return {**res, "tokens_per_s": n_tokens / res["seconds"], "tokens_per_cpu_s": n_tokens / res["cpu_seconds"],
-            "p50_s": statistics.median(lat), "p95_s": q[18]}
+            "p50_s": statistics.median(lat), "p95_s": q[18], "achieved_gflops": flops / res["seconds"] / 1e9,
+            "fraction_of_peak": flops / res["seconds"] / 1e9 / PEAK["gflops"]}
+
+
+PEAK = {"gflops": float("nan")}  # measured once in main(), in the same run
+
+
+def run_flops(config, reqs, n_new: int) -> float:
+    from machine_peak import forward_flops_per_token
+
+    body = forward_flops_per_token(config, with_logits=False)
+    head = forward_flops_per_token(config) - body
+    return sum((len(ids) + n_new) * body + n_new * head for ids, _ in reqs)
 
 
 def bench_k(k: int, args, model, plain, tok, tmp: Path) -> dict[str, dict]:
@@ -148,6 +162,7 @@ def bench_k(k: int, args, model, plain, tok, tmp: Path) -> dict[str, dict]:
     names = [f"a{i}" for i in range(k)]
     reqs = make_requests(args.requests, k, len(tok), args.seed + k, args.min_prompt, args.max_prompt)
     n_tokens = len(reqs) * args.new_tokens
+    flops = run_flops(plain.config, reqs, args.new_tokens)
     pad, cfg = tok.pad_token_id, plain.config
     out: dict[str, dict] = {}
 
@@ -195,7 +210,7 @@ def bench_k(k: int, args, model, plain, tok, tmp: Path) -> dict[str, dict]:
     for rep in range(args.repeats):
         # Interleaved and rotated, so machine-load drift and run order hit all systems alike.
         for key, fn in systems[rep % len(systems):] + systems[:rep % len(systems)]:
-            r = summarize(run_static(key, reqs, args.batch, fn), n_tokens)
+            r = summarize(run_static(key, reqs, args.batch, fn), n_tokens, flops)
             if key not in out or r["cpu_seconds"] < out[key]["cpu_seconds"]:
                 out[key] = r
             print(f"  k={k:<3} rep {rep} {key:<14} {r['tokens_per_s']:8.1f} tok/s {r['tokens_per_cpu_s']:8.1f} "
@@ -217,7 +232,7 @@ def bench_k(k: int, args, model, plain, tok, tmp: Path) -> dict[str, dict]:
         done.acquire()
     engine.stop()
     out["e_engine"] = summarize({"system": "e_engine", "seconds": time.perf_counter() - t0,
-                                 "cpu_seconds": time.process_time() - c0, "latencies": lat}, n_tokens)
+                                 "cpu_seconds": time.process_time() - c0, "latencies": lat}, n_tokens, flops)
     _unwrap(model, engine)
     return out
 
@@ -255,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     ks = [int(x) for x in args.adapters.split(",")]
+    from machine_peak import matmul_peak_gflops
+
+    PEAK["gflops"] = matmul_peak_gflops(args.threads)
 
     import copy
 
@@ -283,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         f"drop_{lo}_to_{hi}_le_10pct": drop <= 0.10,
     }
     report = {"benchmark": "serve", "model_params": n_params, "args": vars(args), "results": results,
+              "matmul_peak_gflops": PEAK["gflops"],
               "ratios": ratios, "drop_a_lo_to_hi": drop, "goals": goals,
               "machine": {"python": platform.python_version(), "torch": torch.__version__,
                           "cpu": platform.processor() or platform.machine()}}
@@ -291,12 +310,13 @@ def main(argv: list[str] | None = None) -> int:
 
     atomic_write_text(out, json.dumps(report, indent=2, default=str))
 
-    print("\n| adapters | system | tokens/s (wall) | tokens/CPU-s | p50 latency (s) | p95 latency (s) |")
-    print("|---:|---|---:|---:|---:|---:|")
+    print(f"\nfp32 matmul peak: {PEAK['gflops']:.0f} GFLOP/s ({args.threads} thread(s))")
+    print("\n| adapters | system | tokens/s (wall) | tokens/CPU-s | p50 latency (s) | p95 latency (s) | fraction of peak |")
+    print("|---:|---|---:|---:|---:|---:|---:|")
     for k, r in results.items():
         for key, v in sorted(r.items()):
             print(f"| {k} | {key} | {v['tokens_per_s']:.1f} | {v['tokens_per_cpu_s']:.1f} | {v['p50_s']:.2f} "
-                  f"| {v['p95_s']:.2f} |")
+                  f"| {v['p95_s']:.2f} | {v['fraction_of_peak']:.1%} |")
     print(f"\nratios of {m}:\n\n| adapters | a/c | a/b | a/d | e/c |\n|---:|---:|---:|---:|---:|")
     for k, v in ratios.items():
         print(f"| {k} | {v['a_over_c']:.2f} | {v['a_over_b']:.2f} | {v['a_over_d']:.2f} | {v['e_over_c']:.2f} |")
