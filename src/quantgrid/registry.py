@@ -31,6 +31,12 @@ def valid_name(name: str | None) -> bool:
     return bool(name) and bool(NAME_RE.match(name or ""))
 
 
+def slug(text: str) -> str:
+    """A valid registry name made from any text (a directory name): 'My Adapter (1)' -> 'my-adapter-1'."""
+    out = re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")[:63]
+    return out or "adapter"
+
+
 def name_problem(name: str | None, what: str = "name") -> str | None:
     if not name:
         return f"no adapter {what}"
@@ -139,7 +145,7 @@ def assign_versions(accepted: list[Accepted]) -> list[RegistryEntry]:
 def entry_problems(adapter_dir: Path, manifest: Any, results: Any) -> list[str]:
     """What keeps an adapter directory from a complete registry entry (empty: nothing)."""
     out = []
-    name = (manifest.name if manifest is not None and manifest.name else adapter_dir.resolve().name)
+    name = manifest.name if manifest is not None and manifest.name else adapter_dir.resolve().name
     problem = name_problem(name)
     if problem:
         out.append(problem + " (rename the directory or set the manifest's name)")
@@ -187,4 +193,4 @@ def local_registry(adapter_dirs: list[Path]) -> Registry:
 
 
 __all__ = ["Accepted", "Registry", "RegistryEntry", "Scores", "assign_versions", "entry_problems",
-           "local_registry", "name_problem", "valid_name"]
+           "local_registry", "name_problem", "slug", "valid_name"]

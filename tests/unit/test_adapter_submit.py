@@ -249,3 +249,18 @@ def test_cli_package_and_check(tmp_path):
     assert res.exit_code == 1 and "✗" in res.output
     res = runner.invoke(app, ["package", str(tmp_path / "nope"), "--author", "a", "--dataset-desc", "b"])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_package_names_the_adapter_and_the_one_it_improves(tmp_path):
+    d = make_adapter_dir(tmp_path, name="My Adapter (1)")
+    res = package(d, "ada", "x", tmp_path, quiet=True)
+    assert verify_submission(res.path).name == "my-adapter-1"  # a valid registry name from the directory
+    res = CliRunner().invoke(app, ["package", str(d), "--author", "ada", "--dataset-desc", "x", "--out",
+                                   str(tmp_path), "--name", "sec-filings-2", "--improves", "sec-filings"])
+    assert res.exit_code == 0, res.output
+    z = sorted(tmp_path.glob("quantgrid_submission_*.zip"))[-1]
+    m = verify_submission(z)
+    assert (m.name, m.improves) == ("sec-filings-2", "sec-filings")
+    with pytest.raises(ValidationError, match="lowercase") as err:
+        package(d, "ada", "x", tmp_path, quiet=True, improves="SEC Filings!")
+    assert "--improves" in err.value.hint

@@ -16,6 +16,11 @@ def package(
     dataset_desc: Annotated[str, typer.Option(
         "--dataset-desc", help="One sentence on the training data (never the data itself).")],
     out: Annotated[Path, typer.Option("--out", help="Directory to write the zip into.")] = Path("."),
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Registry name \\[default: the adapter directory's name]", show_default=False)] = None,
+    improves: Annotated[str | None, typer.Option(
+        "--improves", help="Registry name of the adapter this one is a new version of (it becomes one only if "
+        "it beats the current version on the hub's hidden benchmark).")] = None,
 ) -> None:
     """Package an adapter as quantgrid_submission_<ts>.zip: weights, config, manifest, training log and
     aggregate eval numbers only; prints every file left out and why.
@@ -24,7 +29,7 @@ def package(
     """
     from quantgrid.hub.submit import package as build
 
-    result = build(adapter_dir, author, dataset_desc, out, quiet=True)
+    result = build(adapter_dir, author, dataset_desc, out, quiet=True, name=name, improves=improves)
     console.print("[bold green]READY FOR UPLOAD![/]")
     console.print(f"File: {result.path.name}", highlight=False)
     console.print(f"Hash: {result.sha256}", highlight=False)

@@ -138,8 +138,15 @@ def _public_manifest(m: Manifest, contents: dict[str, bytes]) -> Manifest:
 
 
 def package(adapter_dir: str | Path, author_name: str, dataset_desc: str, out_dir: str | Path = ".",
-            *, quiet: bool = False) -> PreparedSubmission:
-    """``prepare_submission`` with the details: which files went in, which were left out and why."""
+            *, quiet: bool = False, name: str | None = None, improves: str | None = None) -> PreparedSubmission:
+    """``prepare_submission`` with the details: which files went in, which were left out and why.
+
+    ``name`` is the adapter's registry name (default: the manifest's, else the directory's);
+    ``improves`` names the registered adapter this one is a new version of: the hub makes it
+    that adapter's next version only if it beats the current one on the hidden benchmark.
+    """
+    from quantgrid.registry import name_problem, slug
+
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise ValidationError(f"adapter directory not found: {adapter_dir}",
@@ -155,6 +162,11 @@ def package(adapter_dir: str | Path, author_name: str, dataset_desc: str, out_di
                               hint="train with `quantgrid train`, which writes a complete adapter directory",
                               check="package")
     old = read_manifest(adapter_dir)
+    reg_name = name or old.name or slug(adapter_dir.resolve().name)
+    for value, what, flag in ((reg_name, "name", "--name"), (improves or old.improves, "it improves", "--improves")):
+        problem = name_problem(value, what) if value else None
+        if problem:
+            raise ValidationError(problem, hint=f"pass {flag} with a name like 'sec-filings'", check="package")
     files, left_out = submission_files(adapter_dir)
     files = [f for f in files if f != MANIFEST]
     # A file edited after training is worth a warning: the manifest's hash was the record.
@@ -164,7 +176,7 @@ def package(adapter_dir: str | Path, author_name: str, dataset_desc: str, out_di
     reasons = {f: left_out_reason(f) for f in left_out if f != MANIFEST} | dropped
     left_out = sorted(reasons)
     manifest = _public_manifest(old, contents).model_copy(update={
-        "author": author_name.strip(),
+        "author": author_name.strip(), "name": reg_name, "improves": improves or old.improves,
         "dataset": old.dataset.model_copy(update={"description": dataset_desc.strip()}),
         "files": {f: sha256_bytes(b) for f, b in sorted(contents.items())},
     })
@@ -318,7 +330,9 @@ def prepare_push(path: str | Path, out_dir: str | Path) -> PushPlan:
         return PushPlan(path, "as-is", [f"pushing {path.name} as it is"])
     data = path.read_bytes()
     with tempfile.TemporaryDirectory(prefix="quantgrid-push-") as tmp:
-        d = Path(tmp) / (root.rstrip("/") or path.stem)
+        from quantgrid.registry import slug
+
+        d = Path(tmp) / slug(root.rstrip("/") or path.stem)
         d.mkdir()
         never = _extract_adapter(data, root, d)
         author, desc = _author_and_desc(d)
