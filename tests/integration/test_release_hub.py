@@ -25,7 +25,7 @@ from quantgrid.hub.settings import HubSettings  # noqa: E402
 
 SUNDAY = dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.timezone.utc)
 RELEASE_FILES = {"adapter_config.json", "adapter_model.safetensors", "quantgrid.json", "release.json",
-                 "RELEASE_NOTES.md"}
+                 "RELEASE_NOTES.md", "README.md", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json"}
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,11 @@ def test_release_endpoints_download_rollback_and_impact(hub, adapter_zips, tmp_p
         second = HR.release_now(settings, db, now=SUNDAY + dt.timedelta(days=1), loo=False)
         assert second.published and second.version == "2026.48", second.reason
         assert [a["contributor"] for a in second.manifest["adapters"]] == ["alice", "bob", "alice"]  # cumulative
+        assert second.manifest["quality"]["n_items"] > 0 and len(second.manifest["quality"]["retention"]) == 3
+        # nothing new since 2026.48: skipped with a message, not published as 2026.48.2
+        same = HR.release_now(settings, db, now=SUNDAY + dt.timedelta(days=1, hours=1), loo=False)
+        assert not same.published and same.version == "" and "no new accepted adapter since release 2026.48" \
+            in same.reason
 
         listing = client.get("/v1/releases").json()
         assert listing["current"] == "2026.48"
@@ -144,9 +149,15 @@ def test_scheduler_catches_up_a_missed_release_and_the_worker_runs_it(hub, adapt
     with db.read() as s:
         job = s.get(Job, job_id)
     assert job.status == "done" and job.result["published"], job.error
-    # next Sunday's slot is due only after it passes
-    assert HR.schedule_tick(settings, db, now=SUNDAY + dt.timedelta(days=6)) is None
-    assert HR.schedule_tick(settings, db, now=SUNDAY + dt.timedelta(days=7, minutes=1)) is not None
+    # the next slot after the last run (the release was published at the wall-clock time) is due
+    # only once it passes
+    from quantgrid.merge.schedule import next_due
+
+    last = HR.last_scheduled_run(db)
+    nxt = next_due(settings.release_schedule, last, last)
+    assert nxt > last and nxt.weekday() == 6 and (nxt.hour, nxt.minute) == (3, 0)
+    assert HR.schedule_tick(settings, db, now=nxt - dt.timedelta(minutes=1)) is None
+    assert HR.schedule_tick(settings, db, now=nxt + dt.timedelta(minutes=1)) is not None
 
 
 def test_app_startup_enqueues_the_missed_release(hub):
@@ -168,6 +179,10 @@ def test_release_schedule_setting_is_validated(tmp_path):
 
     with pytest.raises(ConfigError, match="--release-schedule.*not a release schedule"):
         HubSettings.load(storage_dir=tmp_path, release_schedule="someday")
+    # weekly on Sunday 03:00 UTC unless the operator turns it off; cron expressions accepted
+    assert HubSettings.load(storage_dir=tmp_path).release_schedule == "0 3 * * SUN"
+    assert HubSettings.load(storage_dir=tmp_path, release_schedule="off").release_schedule is None
+    assert HubSettings.load(storage_dir=tmp_path, release_schedule="30 4 * * MON").release_schedule == "30 4 * * MON"
 
 
 def test_cli_release_rollback_and_releases_listing(hub, adapter_zips, tmp_path, monkeypatch):
@@ -191,7 +206,7 @@ def test_cli_release_rollback_and_releases_listing(hub, adapter_zips, tmp_path, 
     version = json.loads((next((hub["settings"].storage_dir / "releases").glob("20*")) / "release.json")
                          .read_text())["version"]
     missing = runner.invoke(cli, ["hub", "rollback", "2026.01", *opts])
-    assert missing.exit_code == 2 and "not a published release" in missing.output
+    assert missing.exit_code == 1 and "not a published release" in missing.output  # a runtime error
     assert runner.invoke(cli, ["hub", "rollback", version, *opts]).exit_code == 0
 
     # `quantgrid releases` against a real HTTP server
@@ -211,7 +226,7 @@ def test_cli_release_rollback_and_releases_listing(hub, adapter_zips, tmp_path, 
         with zipfile.ZipFile(tmp_path / "rel.zip") as zf:
             assert set(zf.namelist()) == RELEASE_FILES
         down = runner.invoke(cli, ["releases", "--hub", f"http://127.0.0.1:{free_port()}"])
-        assert down.exit_code == 2 and "cannot reach the hub" in down.output
+        assert down.exit_code == 1 and "cannot reach the hub" in down.output  # a runtime error
     finally:
         server.should_exit = True
         thread.join(timeout=10)

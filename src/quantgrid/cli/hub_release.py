@@ -24,9 +24,11 @@ def release(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build and evaluate, print the verdict, publish nothing")] = False,
     method: Annotated[str, typer.Option("--method", help=f"Merge method: {_method_names()}")] = "svd",
     rank: Annotated[int | None, typer.Option("--rank", min=1, max=4096,
-                                             help="Rank of the release adapter [default: the recipe's r]")] = None,
+                                             help="Rank of the release adapter [default: adaptive, 99% of "
+                                                  "the update's energy, at most 256]")] = None,
     weighting: Annotated[str, typer.Option(
-        "--weighting", help="equal, or impact (proportional to each adapter's hub-measured loss improvement)")] = "equal",
+        "--weighting", help="fit (weights fitted on half the hidden benchmark), equal, sum, or impact "
+                            "(proportional to each adapter's hub-measured loss improvement)")] = "fit",
     density: Annotated[float | None, typer.Option(
         "--density", min=0.0, max=1.0, help="ties / dare: fraction of delta-W entries kept")] = None,
     trim: Annotated[float | None, typer.Option(
@@ -44,8 +46,10 @@ def release(
 
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} is not a merge method", hint=f"choose one of: {_method_names()}")
-    if weighting not in ("equal", "impact"):
-        raise ConfigError(f"--weighting {weighting!r} is not known", hint="use equal or impact")
+    from quantgrid.merge.release import WEIGHTINGS
+
+    if weighting not in WEIGHTINGS:
+        raise ConfigError(f"--weighting {weighting!r} is not known", hint=f"use one of {', '.join(WEIGHTINGS)}")
     options = {k: v for k, v in (("density", density), ("trim", trim)) if v is not None}
     settings = hub_settings(db, storage, recipe, base_model, config)
     with console.status("releasing ...") as status:
