@@ -267,5 +267,19 @@ def list_sets() -> None:
     console.print(formats)
 
 
+@data_app.command("from-feedback")
+def from_feedback(
+    store: Path = typer.Argument(..., help="The --feedback-store file of `quantgrid serve`."),
+    out: Path = typer.Option(..., "--out", help="Training set to write (JSONL, messages format)."),
+    rating: str = typer.Option("up", "--rating", help="Keep exchanges whose latest rating is this: up or down."),
+) -> None:
+    """Export the rated exchanges of `quantgrid serve --feedback-store` as a training set."""
+    from quantgrid.serve.feedback import write_training_set
+
+    n, skipped = write_training_set(store, out, rating)
+    console.print(f"{n} exchanges rated {rating!r} written to {out}"
+                  + (f" ({skipped} unreadable lines skipped)" if skipped else ""), highlight=False, markup=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data", help="Check, normalize and split datasets; built-in finance data.")

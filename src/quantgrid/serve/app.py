@@ -20,8 +20,10 @@ from pydantic import BaseModel
 
 from quantgrid.errors import ConfigError
 from quantgrid.serve import ollama_api, openai_api
+from quantgrid.serve.ab import ABSplit
 from quantgrid.serve.deploy import Deployer, HubReleaseSource, resolve_release
 from quantgrid.serve.errors import install_error_handlers
+from quantgrid.serve.feedback import FeedbackBook
 from quantgrid.serve.generation import ADAPTER_HEADER, BACKEND_HEADER, ServeState, collect, open_generation
 from quantgrid.serve.metrics import ServeMetrics
 from quantgrid.serve.router import Router
@@ -60,15 +62,27 @@ def build_state(settings: ServeSettings, engine=None) -> ServeState:
             engine = Engine.from_base(settings.base, device=settings.device, dtype=settings.dtype,
                                       max_batch=settings.max_batch, max_slots=settings.max_slots,
                                       rank=settings.lora_rank)
+        from quantgrid.hf_cache import resolve_local
+
         for name, path in settings.adapters.items():
-            engine.register_adapter(name, path)
+            engine.register_adapter(name, resolve_local(path))  # hf://OWNER/NAME: from the local HF cache
         router = Router(engine, settings.router_method, settings.router_threshold)
         if ref is not None or source is not None:
             deployer = Deployer(engine, router, source, settings.poll_interval_s)
             if ref is not None:
                 deployer.deploy(ref)
     upstreams = UpstreamChain(settings.upstreams)
-    return ServeState(settings, engine, router, upstreams, ServeMetrics(lambda: engine), deployer)
+    state = ServeState(settings, engine, router, upstreams, ServeMetrics(lambda: engine), deployer)
+    state.extras["feedback"] = FeedbackBook(settings.feedback_store)
+    if settings.ab:
+        ab = ABSplit.parse(settings.ab, [u.name for u in settings.upstreams])
+        ab.check_models(router.model_names() if router else [])
+        state.extras["ab"] = ab
+    if settings.context_provider:
+        from quantgrid.serve.context import ContextFiller, make_provider
+
+        state.extras["context"] = ContextFiller(make_provider(settings.context_provider))
+    return state
 
 
 def create_app(settings: ServeSettings, engine=None) -> FastAPI:

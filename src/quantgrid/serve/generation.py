@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 from fastapi.concurrency import run_in_threadpool
 
 from quantgrid.errors import NetworkError, QuantGridError, ServerError
+from quantgrid.serve.ab import ARM_HEADER, SPLIT_MODELS, ABSplit
 from quantgrid.serve.events import Delta, Done, Event, Failed, TokenLogprob
+from quantgrid.serve.feedback import Exchange, FeedbackBook
 from quantgrid.serve.upstream import GenSpec, UpstreamChain, prepend
 
 if TYPE_CHECKING:
@@ -53,11 +55,14 @@ class Generation:
     t_start: float = 0.0
     t_submit: float = 0.0
     t_first: float = 0.0
+    arm: str | None = None  # the A/B arm that served it
 
     def headers(self) -> dict[str, str]:
         h = {BACKEND_HEADER: self.backend}
         if self.adapter:
             h[ADAPTER_HEADER] = self.adapter
+        if self.arm:
+            h[ARM_HEADER] = self.arm
         return h
 
 
@@ -72,12 +77,36 @@ class Collected:
 
 
 async def open_generation(state: ServeState, spec: GenSpec) -> Generation:
-    """Pick the backend for ``spec`` and start it; falls back along the chain on failure."""
+    """Pick the backend for ``spec`` and start it; falls back along the chain on failure.
+
+    With an A/B split, a ``quantgrid`` request first gets its arm (a served model name or
+    one upstream); with a context provider, placeholders in the answer are filled."""
     t0 = time.perf_counter()
-    gen = await _open(state, spec)
+    ab: ABSplit | None = state.extras.get("ab")
+    arm = None
+    if ab is not None and spec.model in SPLIT_MODELS:
+        arm = ab.pick(spec.extra.get("user"))
+        if arm.upstream is not None:
+            gen = await _upstream(state, spec, reason="A/B arm", only=arm.upstream)
+        else:
+            spec.model = arm.name
+            gen = await _open(state, spec)
+        gen.arm = arm.name
+    else:
+        gen = await _open(state, spec)
     gen.t_start, gen.t_first = t0, time.perf_counter()
     gen.t_submit = gen.t_submit or t0
+    filler = state.extras.get("context")
+    if filler is not None:
+        gen.events = filler.wrap(gen.events, question_of(spec))
     return gen
+
+
+def question_of(spec: GenSpec) -> str:
+    """The user's question: the last user turn of a chat, or the raw prompt."""
+    if not spec.is_chat:
+        return spec.prompt or ""
+    return next((m["content"] for m in reversed(spec.messages) if m["role"] == "user"), "")
 
 
 async def _open(state: ServeState, spec: GenSpec) -> Generation:
@@ -87,8 +116,7 @@ async def _open(state: ServeState, spec: GenSpec) -> Generation:
     engine = state.engine
     adapter = target.adapter
     if target.auto:  # route on the question, then encode with the chosen adapter's training prompt
-        text = spec.prompt if not spec.is_chat else next(
-            (m["content"] for m in reversed(spec.messages) if m["role"] == "user"), "")
+        text = question_of(spec)
         engine.check_prompt_size(len(text or ""))
         route = await run_in_threadpool(state.router.route, text)
         state.metrics.routed.labels(adapter=route.adapter or "none").inc()
@@ -116,12 +144,12 @@ async def _open(state: ServeState, spec: GenSpec) -> Generation:
     return Generation("local", adapter, prepend(first, events), len(ids), t_submit=t_submit)
 
 
-async def _upstream(state: ServeState, spec: GenSpec, reason: str) -> Generation:
+async def _upstream(state: ServeState, spec: GenSpec, reason: str, only: str | None = None) -> Generation:
     if not state.upstreams:
         raise NetworkError(f"no upstream is configured ({reason})",
                            hint="add --upstream NAME=URL, or enable the local engine")
     t_submit = time.perf_counter()
-    name, events = await state.upstreams.open(spec)
+    name, events = await state.upstreams.open(spec, only=only)
     return Generation(f"upstream:{name}", None, events, t_submit=t_submit)
 
 
@@ -196,6 +224,22 @@ def observe(state: ServeState, api: str, gen: Generation, done: Done | None) -> 
     if done is not None:
         m.tokens.labels(api=api, backend=backend, kind="prompt").inc(done.prompt_tokens)
         m.tokens.labels(api=api, backend=backend, kind="completion").inc(done.completion_tokens)
+    if gen.arm is not None:
+        m.ab_requests.labels(arm=gen.arm).inc()
+        m.ab_latency.labels(arm=gen.arm).observe(time.perf_counter() - gen.t_start)
+        if done is not None:
+            m.ab_tokens.labels(arm=gen.arm).inc(done.completion_tokens)
+
+
+def remember(state: ServeState, rid: str, spec: GenSpec, gens: list[Generation], answers: list[str]) -> None:
+    """Keep a finished exchange (in memory) so that it can be rated by its id."""
+    book: FeedbackBook | None = state.extras.get("feedback")
+    if book is None or not gens:
+        return
+    g = gens[0]
+    book.remember(Exchange(id=rid, created=time.time(), model=spec.model, backend=g.backend, adapter=g.adapter,
+                           arm=g.arm, messages=spec.messages, prompt=None if spec.is_chat else spec.prompt,
+                           answers=answers))
 
 
 async def start(state: ServeState, api: str, spec: GenSpec) -> Generation:

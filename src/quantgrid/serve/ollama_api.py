@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -26,8 +27,9 @@ from quantgrid.serve import ollama_types as T
 from quantgrid.serve.catalog import ModelCard, card, cards
 from quantgrid.serve.errors import UnsupportedParameter, json_body
 from quantgrid.serve.events import Delta, Done, Failed, TokenLogprob
-from quantgrid.serve.generation import Collected, Generation, ServeState, observe, start
-from quantgrid.serve.openai_api import collect_all, get_state
+from quantgrid.serve.feedback import REQUEST_ID_HEADER
+from quantgrid.serve.generation import Collected, Generation, ServeState, observe, remember, start
+from quantgrid.serve.openai_api import collect_all, get_state, user_of
 from quantgrid.serve.security import require_api_key
 from quantgrid.serve.upstream import GenSpec
 
@@ -98,8 +100,11 @@ def _dump(c: BaseModel) -> str:
 
 
 async def _respond(request: Request, state: ServeState, body: T._Generating, spec: GenSpec, chat: bool):
+    spec.extra["user"] = user_of(request)
     gen = await start(state, "ollama", spec)
     k = body.top_logprobs or 0
+    rid = f"ollama-{uuid.uuid4().hex[:24]}"
+    headers = {**gen.headers(), REQUEST_ID_HEADER: rid}
 
     def piece(text: str) -> dict:
         return {"message": Message(content=text)} if chat else {"response": text}
@@ -107,14 +112,16 @@ async def _respond(request: Request, state: ServeState, body: T._Generating, spe
     if not body.stream:
         r: Collected = (await collect_all(request, [gen]))[0]
         observe(state, "ollama", gen, r.done)
+        remember(state, rid, spec, [gen], [r.text])
         out = _final(body.model, gen, r.done, r.t_end, piece(r.text), _logprobs(r.logprobs, k))
-        return JSONResponse(out.model_dump(mode="json", exclude_none=True), headers=gen.headers())
+        return JSONResponse(out.model_dump(mode="json", exclude_none=True), headers=headers)
 
     async def lines():
-        done = None
+        done, text = None, ""
         try:
             async for ev in gen.events:
                 if isinstance(ev, Delta):
+                    text += ev.text
                     yield _dump(GenerateChunk(model=body.model, created_at=_now_iso(), **piece(ev.text), done=False,
                                               logprobs=_logprobs(ev.logprobs, k)))
                 elif isinstance(ev, Failed):
@@ -122,13 +129,14 @@ async def _respond(request: Request, state: ServeState, body: T._Generating, spe
                     return
                 else:
                     done = ev
+                    remember(state, rid, spec, [gen], [text])
                     yield _dump(_final(body.model, gen, ev, time.perf_counter(), piece("")))
                     return
         finally:
             await gen.events.aclose()  # a client gone mid-stream cancels the request here
             observe(state, "ollama", gen, done)
 
-    return StreamingResponse(lines(), media_type="application/x-ndjson", headers=gen.headers())
+    return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
 
 
 # ---------------------------------------------------------------------- generation

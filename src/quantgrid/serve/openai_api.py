@@ -23,9 +23,20 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from quantgrid.errors import NotFound
 from quantgrid.serve import openai_types as T
+from quantgrid.serve.ab import USER_HEADER
 from quantgrid.serve.errors import UnsupportedParameter, json_body
 from quantgrid.serve.events import Delta, Done, Failed, TokenLogprob
-from quantgrid.serve.generation import Collected, Generation, ServeState, collect, merge, observe, start
+from quantgrid.serve.feedback import REQUEST_ID_HEADER, FeedbackReceipt, FeedbackRequest
+from quantgrid.serve.generation import (
+    Collected,
+    Generation,
+    ServeState,
+    collect,
+    merge,
+    observe,
+    remember,
+    start,
+)
 from quantgrid.serve.security import require_api_key
 from quantgrid.serve.upstream import GenSpec
 
@@ -34,6 +45,11 @@ router = APIRouter(dependencies=[Depends(require_api_key)])
 
 def get_state(request: Request) -> ServeState:
     return request.app.state.qg
+
+
+def user_of(request: Request, body_user: str | None = None) -> str | None:
+    """The end-user id an A/B arm sticks to: the header, else the body's ``user``."""
+    return request.headers.get(USER_HEADER) or body_user
 
 
 def finish(reason: str) -> str:
@@ -117,12 +133,14 @@ def sse(obj) -> str:
 
 async def stream_choices(state: ServeState, gens: list[Generation], on_delta: Callable[[int, Delta], str | None],
                          on_done: Callable[[int, Done], str], usage_chunk: Callable[[T.Usage], str] | None,
-                         ) -> AsyncIterator[str]:
+                         on_complete: Callable[[list[str]], None]) -> AsyncIterator[str]:
     dones: dict[int, Done] = {}
+    texts = [""] * len(gens)
     events = merge(gens)
     try:
         async for i, ev in events:
             if isinstance(ev, Delta):
+                texts[i] += ev.text
                 line = on_delta(i, ev)
                 if line:
                     yield line
@@ -137,6 +155,7 @@ async def stream_choices(state: ServeState, gens: list[Generation], on_delta: Ca
         if usage_chunk is not None:
             prompt = dones[0].prompt_tokens if 0 in dones else 0
             yield usage_chunk(T.Usage.of(prompt, sum(d.completion_tokens for d in dones.values())))
+        on_complete(texts)
         yield "data: [DONE]\n\n"
     finally:
         await events.aclose()  # a client gone mid-stream cancels the rows here
@@ -172,14 +191,15 @@ async def completions(request: Request, body: T.CompletionRequest = Depends(json
     body.refusals()
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     k = body.logprobs
-    spec = GenSpec(body.model, body.params(16, k), prompt=prompt)
+    spec = GenSpec(body.model, body.params(16, k), prompt=prompt, extra={"user": user_of(request, body.user)})
     gens = await open_choices(state, "openai", spec, body.n)
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    headers = gens[0].headers()
+    headers = {**gens[0].headers(), REQUEST_ID_HEADER: rid}
     if not body.stream:
         results = await collect_all(request, gens)
         for g, r in zip(gens, results, strict=True):
             observe(state, "openai", g, r.done)
+        remember(state, rid, spec, gens, [r.text for r in results])
         out = T.Completion(id=rid, created=created, model=body.model, usage=usage_of(results), choices=[
             T.CompletionChoice(index=i, text=r.text, finish_reason=finish(r.done.finish_reason),
                                logprobs=completion_logprobs(r.logprobs, k or 0))
@@ -203,7 +223,7 @@ async def completions(request: Request, body: T.CompletionRequest = Depends(json
 
     return StreamingResponse(
         stream_choices(state, gens, on_delta, lambda i, d: chunk(i, "", finish(d.finish_reason)),
-                       on_usage if body.include_usage else None),
+                       on_usage if body.include_usage else None, lambda texts: remember(state, rid, spec, gens, texts)),
         media_type="text/event-stream", headers=headers)
 
 
@@ -216,14 +236,15 @@ async def chat_completions(request: Request,
     params = body.params(state.settings.default_max_tokens, k)
     if body.max_completion_tokens:
         params.max_tokens = body.max_completion_tokens
-    spec = GenSpec(body.model, params, messages=body.texts())
+    spec = GenSpec(body.model, params, messages=body.texts(), extra={"user": user_of(request, body.user)})
     gens = await open_choices(state, "openai", spec, body.n)
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    headers = gens[0].headers()
+    headers = {**gens[0].headers(), REQUEST_ID_HEADER: rid}
     if not body.stream:
         results = await collect_all(request, gens)
         for g, r in zip(gens, results, strict=True):
             observe(state, "openai", g, r.done)
+        remember(state, rid, spec, gens, [r.text for r in results])
         out = T.ChatCompletion(id=rid, created=created, model=body.model, usage=usage_of(results), choices=[
             T.ChatChoice(index=i, message=T.AssistantMessage(content=r.text), finish_reason=finish(r.done.finish_reason),
                          logprobs=chat_logprobs(r.logprobs, k or 0))
@@ -244,7 +265,8 @@ async def chat_completions(request: Request,
         return chunk([T.ChunkChoice(index=i, delta=T.ChunkDelta(), finish_reason=finish(d.finish_reason))])
 
     return StreamingResponse(
-        stream_choices(state, gens, on_delta, on_done, (lambda u: chunk([], u)) if body.include_usage else None),
+        stream_choices(state, gens, on_delta, on_done, (lambda u: chunk([], u)) if body.include_usage else None,
+                       lambda texts: remember(state, rid, spec, gens, texts)),
         media_type="text/event-stream", headers=headers)
 
 
@@ -272,3 +294,14 @@ async def embeddings(body: T.EmbeddingRequest = Depends(json_body(T.EmbeddingReq
 def _renorm(v: list[float]) -> list[float]:
     norm = sum(x * x for x in v) ** 0.5 or 1.0
     return [x / norm for x in v]
+
+
+@router.post("/v1/feedback", response_model=FeedbackReceipt)
+async def feedback(body: FeedbackRequest = Depends(json_body(FeedbackRequest)),
+                   state: ServeState = Depends(get_state)) -> FeedbackReceipt:
+    """Thumbs up or down for a response, by its id; counted per A/B arm, stored only when opted in."""
+    from fastapi.concurrency import run_in_threadpool
+
+    ex, stored = await run_in_threadpool(state.extras["feedback"].rate, body)
+    state.metrics.feedback.labels(arm=ex.arm or "none", rating=body.rating).inc()
+    return FeedbackReceipt(id=body.id, rating=body.rating, arm=ex.arm, stored=stored)

@@ -59,6 +59,12 @@ class ServeSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list,
                                     description="browser origins allowed by CORS ('*' for any); none: CORS off")
     ollama: bool = Field(False, description="listen on Ollama's port 11434 instead of --port")
+    ab: str | None = Field(None, description="A/B split of 'quantgrid' requests, ARM=WEIGHT,...: an arm is a served "
+                           "model name or upstream:NAME (e.g. quantgrid=0.9,upstream:primary=0.1)")
+    feedback_store: str | None = Field(None, description="opt-in: append rated exchanges (question, answer, rating) "
+                                       "to this local JSONL file; nothing is sent anywhere")
+    context_provider: str | None = Field(None, description="fill <PRICE>, <CHANGE>, <TIMESTAMP> in answers from "
+                                         "file:QUOTES.json|csv or an http(s) quote URL containing {symbol}")
 
     @field_validator("adapters", mode="before")
     @classmethod

@@ -126,10 +126,12 @@ class UpstreamChain:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def open(self, spec: GenSpec) -> tuple[str, AsyncIterator[Event]]:
-        """(upstream name, events) from the first upstream that starts answering."""
+    async def open(self, spec: GenSpec, only: str | None = None) -> tuple[str, AsyncIterator[Event]]:
+        """(upstream name, events) from the first upstream that starts answering (or ``only`` that one)."""
         errors = []
         for up in self.upstreams:
+            if only is not None and up.name != only:
+                continue
             stream = self._stream(up, spec)
             try:
                 first = await stream.__anext__()
