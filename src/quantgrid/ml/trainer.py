@@ -26,6 +26,7 @@ the seed used is in ``training/train_config.yaml`` and the manifest's recipe.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -263,8 +264,11 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
     # -- 2. cheap checks first: output, base (config only), data
     plan = check_output_dir(cfg)
     trackers_wanted = parse_report_to(run.report_to)
-    base_path = run.base_model_path or rec.base_model
+    requested = run.base_model_path or rec.base_model
+    base_path = _local_base(requested)
     info = base_info(base_path)
+    if base_path != requested:  # a Hub id found in the local cache: the id, not the cache path, is its name
+        info = dataclasses.replace(info, name=_hub_id(requested))
     data = prepare_data(cfg, load_tokenizer(base_path))
     data.summary["seed_drawn"] = seed_drawn
     if (run.load_best_model_at_end or run.eval_steps) and not data.eval:
@@ -484,7 +488,7 @@ def write_adapter(cfg: TrainConfig, model, data: PreparedData, state, info, stan
         conf["base_model_name_or_path"] = rec.base_model
         (tmp / CONFIG).write_text(json.dumps(conf, indent=2, sort_keys=True))
         # The recipe's prompt as the tokenizer's chat template: every client prompts like training.
-        save_chat_template(tmp, load_tokenizer(run.base_model_path or rec.base_model), rec.prompt_template,
+        save_chat_template(tmp, load_tokenizer(_local_base(run.base_model_path or rec.base_model)), rec.prompt_template,
                            rec.system_prompt)
         training = tmp / "training"
         training.mkdir()
@@ -588,12 +592,27 @@ class QuantGridTrainer:
         return out
 
 
+def _local_base(ref: str) -> str:
+    """A base given as ``hf://OWNER/NAME`` or a cached Hub id -> its snapshot in the local
+    Hugging Face cache (offline); a local path as it is."""
+    from quantgrid.hf_cache import resolve_local
+
+    return resolve_local(ref)
+
+
+def _hub_id(ref: str) -> str:
+    from quantgrid.hf_cache import hub_name
+
+    return hub_name(ref) or ref
+
+
 def _recipe_for_base(recipe: Recipe, base_model: str) -> Recipe:
     """The recipe names the base by its stable name: a tiny base's quantgrid name, or the
     id the user gave. So the same base at different paths gives the same recipe hash."""
     from quantgrid.ml.models import base_info
 
-    name = base_info(base_model).name
+    local = _local_base(base_model)
+    name = _hub_id(base_model) if local != base_model else base_info(local).name
     if name == recipe.base_model:
         return recipe
     return recipe.model_copy(update={"base_model": name})
