@@ -12,10 +12,11 @@ record into an ``Example`` (``parse``) and how to write one back (``dump``), so
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,17 @@ from quantgrid.errors import DataError
 
 log = logging.getLogger(__name__)
 
-# A dataset is read into memory; anything larger than this is almost surely the wrong file.
+# Limits that keep a hostile or mistaken file from exhausting memory or the parser's stack.
+# Anything larger than this is almost surely the wrong file.
 MAX_DATASET_BYTES = 512 * 1024 * 1024
+# A JSON array is parsed as one document (the standard library has no incremental parser), so
+# it is capped lower; JSONL is read one line at a time and may be as large as MAX_DATASET_BYTES.
+MAX_JSON_ARRAY_BYTES = 64 * 1024 * 1024
+# One JSONL line is one record; a longer line is refused before it is held in memory whole.
+MAX_LINE_BYTES = 8 * 1024 * 1024
+# Records are flat or a few levels deep; deeper nesting is refused (with its line) before it
+# can reach the parser's recursion limit.
+MAX_JSON_DEPTH = 32
 
 QA_EXTRAS = ("rationale", "tickers", "citations", "context_required", "risk_note")
 ANSWER_MARKERS = ("Answer:", "### Response:", "[/INST]")
@@ -274,7 +284,8 @@ class LoadReport:
         return len(self.skipped)
 
 
-def _read_bytes(path: Path, max_bytes: int) -> bytes:
+def _check_file(path: Path, max_bytes: int) -> int:
+    """The file's size, after checking it exists, is a file, is not empty and not too large."""
     if not path.exists():
         raise DataError(f"{path}: no such file", hint="check the path, or use a built-in set: `quantgrid data list`")
     if path.is_dir():
@@ -284,10 +295,22 @@ def _read_bytes(path: Path, max_bytes: int) -> bytes:
         raise DataError(
             f"{path}: {size / 2**20:.1f} MiB is too large to be a dataset (limit {max_bytes / 2**20:.0f} MiB)",
             hint="check that this is the right file, or split it into several smaller files")
-    data = path.read_bytes()
-    if not data.strip():
+    return size
+
+
+def _head(path: Path) -> bytes:
+    """The file's first bytes without a UTF-8 BOM and leading blanks (empty file: DataError)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+        while head and not head.lstrip(b"\xef\xbb\xbf \t\r\n"):
+            more = f.read(1 << 16)
+            if not more:
+                break
+            head = more
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    if not head:
         raise DataError(f"{path}: the file is empty", hint="a dataset is a JSON array or JSONL with one record per line")
-    return data
+    return head
 
 
 def _decode(path: Path, data: bytes) -> str:
@@ -299,48 +322,121 @@ def _decode(path: Path, data: bytes) -> str:
                         hint="save the file as UTF-8") from None
 
 
-def _records(path: Path, data: bytes, lenient: bool, skipped: list[Skipped]) -> tuple[str, list[tuple[str, Any]]]:
-    """(container, [(location, record)]) with JSON/UTF-8 problems raised or, lenient, skipped."""
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    if data.lstrip()[:1] == b"[":
-        text = _decode(path, data)
-        try:
-            arr = json.loads(text)
-        except json.JSONDecodeError as e:
-            # One broken record breaks a whole JSON array: there is nothing to skip to.
-            raise DataError(f"{path} line {e.lineno} column {e.colno}: invalid JSON: {e.msg}",
-                            hint="fix the JSON there, or use JSONL (one record per line) so --lenient can skip it"
-                            ) from None
-        if not arr:
-            raise DataError(f"{path}: the JSON array has no records", hint="add records, or pass another file")
-        return "json", [(f"index {i}", r) for i, r in enumerate(arr)]
-    first_line = data.lstrip().split(b"\n", 1)[0]
-    if first_line[:1] == b"{" and not _parses(first_line) and data.strip().count(b"\n") > 0:
+# A JSON string (skipped whole, so brackets inside it do not count) or one bracket.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.S)
+
+
+def _too_deep_at(text: str, limit: int) -> int | None:
+    """Offset where nesting first goes past ``limit`` levels, or None. A scan, not a parse, so
+    it cannot itself recurse."""
+    depth = 0
+    for m in _JSON_TOKEN.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > limit:
+                return m.start()
+        elif c in "]}":
+            depth -= 1
+    return None
+
+
+def _depth(obj: Any) -> int:
+    """Nesting depth of parsed JSON (iterative)."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if d <= MAX_JSON_DEPTH:
+                stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+_DEPTH_HINT = f"records nest at most {MAX_JSON_DEPTH} levels deep; check that this is a dataset file"
+
+
+def _records(path: Path, lenient: bool, skipped: list[Skipped], size: int) -> tuple[str, Iterator[tuple[str, Any]]]:
+    """(container, iterator of (location, record)) with JSON/UTF-8 problems raised or, lenient, skipped."""
+    head = _head(path)
+    if head[:1] == b"[":
+        return "json", iter(_json_array(path, size))
+    first_line = head.split(b"\n", 1)[0]
+    if first_line[:1] == b"{" and b"\n" in head.rstrip() and not _parses(first_line) and size <= MAX_JSON_ARRAY_BYTES:
         # One pretty-printed object spread over lines is not a dataset (JSONL is one object per line).
-        try:
-            obj = json.loads(data.decode("utf-8", errors="replace"))
-        except json.JSONDecodeError:
-            obj = None
-        if isinstance(obj, dict):
-            raise DataError(f"{path}: a JSON file must hold an array of records, got one object",
-                            hint="wrap the records in [ ... ] or write one record per line (JSONL)")
-    out: list[tuple[str, Any]] = []
-    for i, raw in enumerate(data.split(b"\n"), start=1):
-        if not raw.strip():
-            continue
-        loc = f"line {i}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            _fail(path, loc, f"not UTF-8 text (byte 0x{raw[e.start]:02x})", lenient, skipped, hint="save the file as UTF-8")
-            continue
-        try:
-            out.append((loc, json.loads(line)))
-        except json.JSONDecodeError as e:
-            _fail(path, loc, f"invalid JSON: {e.msg} (column {e.colno})", lenient, skipped,
-                  hint="each line of a JSONL file must be one complete JSON object")
-    return "jsonl", out
+        text = path.read_bytes().decode("utf-8", errors="replace")
+        if _too_deep_at(text, MAX_JSON_DEPTH) is None:
+            try:
+                obj = json.loads(text)
+            except (json.JSONDecodeError, RecursionError):
+                obj = None
+            if isinstance(obj, dict):
+                raise DataError(f"{path}: a JSON file must hold an array of records, got one object",
+                                hint="wrap the records in [ ... ] or write one record per line (JSONL)")
+    return "jsonl", _jsonl(path, lenient, skipped)
+
+
+def _json_array(path: Path, size: int) -> list[tuple[str, Any]]:
+    if size > MAX_JSON_ARRAY_BYTES:
+        raise DataError(f"{path}: a JSON array of {size / 2**20:.1f} MiB is too large to parse at once "
+                        f"(limit {MAX_JSON_ARRAY_BYTES / 2**20:.0f} MiB)",
+                        hint="write it as JSONL (one record per line), which is read line by line")
+    text = _decode(path, path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
+    deep = _too_deep_at(text, MAX_JSON_DEPTH + 1)  # + 1: the array itself
+    if deep is not None:
+        raise DataError(f"{path} line {text.count(chr(10), 0, deep) + 1}: JSON nested more than "
+                        f"{MAX_JSON_DEPTH} levels deep", hint=_DEPTH_HINT)
+    try:
+        arr = json.loads(text)
+    except json.JSONDecodeError as e:
+        # One broken record breaks a whole JSON array: there is nothing to skip to.
+        raise DataError(f"{path} line {e.lineno} column {e.colno}: invalid JSON: {e.msg}",
+                        hint="fix the JSON there, or use JSONL (one record per line) so --lenient can skip it"
+                        ) from None
+    if not arr:
+        raise DataError(f"{path}: the JSON array has no records", hint="add records, or pass another file")
+    return [(f"index {i}", r) for i, r in enumerate(arr)]
+
+
+def _jsonl(path: Path, lenient: bool, skipped: list[Skipped]) -> Iterator[tuple[str, Any]]:
+    """Records of a JSONL file, read one line at a time: memory stays bounded by MAX_LINE_BYTES."""
+    with open(path, "rb") as f:
+        for i in itertools.count(1):
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            if i == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
+            loc = f"line {i}"
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                while (more := f.readline(1 << 20)) and not more.endswith(b"\n"):
+                    pass  # skip the rest of the line without holding it
+                del raw
+                _fail(path, loc, f"line is longer than {MAX_LINE_BYTES // 2**20} MiB", lenient, skipped,
+                      hint="each JSONL line is one record; check that this is the right file, or split the record")
+                continue
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                _fail(path, loc, f"not UTF-8 text (byte 0x{raw[e.start]:02x})", lenient, skipped,
+                      hint="save the file as UTF-8")
+                continue
+            too_deep = False
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                _fail(path, loc, f"invalid JSON: {e.msg} (column {e.colno})", lenient, skipped,
+                      hint="each line of a JSONL file must be one complete JSON object")
+                continue
+            except RecursionError:  # deeper than the parser's own stack allows
+                too_deep = True
+            if too_deep or _depth(rec) > MAX_JSON_DEPTH:
+                _fail(path, loc, f"JSON nested more than {MAX_JSON_DEPTH} levels deep", lenient, skipped,
+                      hint=_DEPTH_HINT)
+                continue
+            yield loc, rec
 
 
 def _parses(line: bytes) -> bool:
@@ -363,9 +459,9 @@ def read_file(path: str | Path, *, format: str | None = None, lenient: bool = Fa
     """Read a JSON-array or JSONL dataset file into Examples (see the module docstring)."""
     path = Path(path)
     fmt = get_format(format) if format else None
-    data = _read_bytes(path, MAX_DATASET_BYTES if max_bytes is None else max_bytes)
+    size = _check_file(path, MAX_DATASET_BYTES if max_bytes is None else max_bytes)
     skipped: list[Skipped] = []
-    container, records = _records(path, data, lenient, skipped)
+    container, records = _records(path, lenient, skipped, size)
     examples: list[Example] = []
     detected_at = None
     for loc, rec in records:
