@@ -25,6 +25,10 @@ class EvalInputs(BaseModel):
     prices: Path | None = Field(None, description="price panel for the alpha metrics (alpha_backtest, "
                                 "alpha_sharpe): long CSV/Parquet with date, ticker, open, high, low, close, volume "
                                 "(default: a seeded synthetic panel)")
+    endpoint: str | None = Field(None, description="evaluate the model behind this OpenAI-compatible URL (ending in "
+                                 "/v1) instead of a local one: generation metrics only (see quantgrid.eval.endpoint)")
+    model: str | None = Field(None, description="with --endpoint: the model name to ask for")
+    api_key_env: str | None = Field(None, description="with --endpoint: environment variable holding its API key")
 
 
 INPUT_FLAGS = Flags(settings_of(EvalInputs))
@@ -48,8 +52,11 @@ def evaluate(
     prices = given.pop("prices", None)
     if prices is not None and not Path(prices).is_file():
         raise ConfigError(f"--prices: {prices} is not a file", hint="pass a CSV or Parquet price panel")
+    remote = {k: given.pop(k, None) for k in ("endpoint", "model", "api_key_env")}
     table = settings_of(EvalConfig)
     cfg = validate(EvalConfig, given, table, what="eval settings", hint="see `quantgrid eval --help`")
+    if remote["endpoint"] or remote["model"]:
+        return _evaluate_endpoint(cfg, prices, **remote)
     output, adapter, write_into_adapter = cfg.output, cfg.adapter, cfg.write_into_adapter
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -67,6 +74,24 @@ def evaluate(
     if write_into_adapter and adapter is not None:
         where.append(str(adapter / "eval"))
     console.print(f"Results written to {', '.join(where)}", highlight=False, markup=False)
+
+
+def _evaluate_endpoint(cfg: EvalConfig, prices, endpoint: str | None, model: str | None,
+                       api_key_env: str | None) -> None:
+    from rich.table import Table
+
+    from quantgrid.errors import ConfigError
+    from quantgrid.eval.endpoint import run_from_cli
+
+    if not endpoint:
+        raise ConfigError("--model needs --endpoint", hint="pass --endpoint URL (ending in /v1) too")
+    res = run_from_cli(cfg, endpoint, model, api_key_env, metric_options={"prices": prices} if prices else None)
+    table = Table("metric", "score", title=escape(f"{model} at {endpoint} on {cfg.benchmark} ({res.n_examples} items)"))
+    for name, m in res.metrics.items():
+        table.add_row(escape(name), "n/a" if m.score is None else f"{m.score:.4f}")
+    console.print(table)
+    if cfg.output is not None:
+        console.print(f"Results written to {cfg.output}", highlight=False, markup=False)
 
 
 def _print_results(r) -> None:
