@@ -7,9 +7,10 @@ shapes: ``A`` is ``[r, d_in]``, ``B`` is ``[d_out, r]`` and the module's update 
 
 Methods (``METHODS``, a registry; ``merge(..., method=NAME)``):
 
-- ``svd`` (default, exact in factor space): concatenate the factors, take a QR
-  decomposition of each side, an SVD of the small ``R x R`` core (``R = sum r_i``)
-  and keep the top ``rank`` directions. No dense ``d_out x d_in`` matrix is formed;
+- ``svd`` (default, exact in factor space): concatenate the factors, decompose the small
+  ``R x R`` core (``R = sum r_i``; Gram matrices and a float64 eigendecomposition, or a QR of
+  each side and an SVD, see ``svd_route``) and keep the top ``rank`` directions. No dense
+  ``d_out x d_in`` matrix is formed while R is below the width;
   the relative Frobenius truncation error comes exactly from the core's singular
   values. This is the best rank-``rank`` approximation (Eckart-Young), so it equals
   PEFT's ``add_weighted_adapter(combination_type="svd")`` at a fraction of the cost.
@@ -280,13 +281,55 @@ def _from_svd(U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, rank: int) -> 
     return LoraFactors(A.float().contiguous(), B.float().contiguous(), 1.0), err
 
 
-@register_method("svd", "exact factor-space merge: QR of each side + SVD of the small core, cut to --rank",
+def svd_route(combined_rank: int, d_out: int, d_in: int) -> str:
+    """How ``svd`` decomposes a module's update, chosen by cost (every route is exact).
+
+    ``gram``: the R x R Gram matrices of the two sides, a Cholesky factor of one and an
+    eigendecomposition in float64 (4 d R^2 flops in matrix products, no QR). It needs
+    linearly independent rows of the stacked A (R <= d_in, no duplicated adapter); when the
+    Cholesky factorization finds they are not, ``qr`` runs instead: a QR of each side and an
+    SVD of the small core. ``dense`` (form delta-W, SVD it) once R reaches the width, where the
+    core is no smaller than delta-W itself.
+    """
+    return "dense" if combined_rank >= min(d_out, d_in) else "gram"
+
+
+def _gram_core(Bc: torch.Tensor, Ac: torch.Tensor, rank: int) -> tuple[LoraFactors, float] | None:
+    """Top-``rank`` factors of ``Bc @ Ac`` from Gram matrices; None when Ac's rows are dependent.
+
+    With GA = Ac Ac^T = L L^T, Ac = L Q for Q with orthonormal rows, so delta = (Bc L) Q and
+    (Bc L)^T (Bc L) = L^T GB L = W diag(lambda) W^T: the singular values are sqrt(lambda), the
+    kept left factor is Bc L W_k and the right one W_k^T L^-1 Ac (orthonormal rows).
+    """
+    GA = (Ac @ Ac.T).double()
+    L, info = torch.linalg.cholesky_ex(GA)
+    if int(info) != 0:
+        return None
+    GB = (Bc.T @ Bc).double()
+    lam, W = torch.linalg.eigh(L.T @ GB @ L)  # ascending
+    lam, W = lam.flip(0).clamp_min(0), W.flip(1)
+    k = min(rank, lam.shape[0])
+    Wk = W[:, :k]
+    S = lam.sqrt()
+    left = Bc.double() @ (L @ Wk)  # [d_out, k], column norms S[:k]
+    right = torch.linalg.solve_triangular(L.T, Wk, upper=True).T @ Ac.double()  # [k, d_in]
+    inv = torch.where(S[:k] > 0, 1.0 / S[:k], torch.zeros_like(S[:k]))
+    return _from_svd(left * inv, S, right, rank)  # U = left / S, Vh = right
+
+
+@register_method("svd", "exact factor-space merge: the small R x R core of the stacked factors, cut to --rank",
                  dense=False, exact=True)
 def _svd(fs: list[LoraFactors], ws: list[float], rank: int, opts: dict) -> tuple[LoraFactors, float]:
     dtype = opts.get("dtype", torch.float32)
     # delta = sum_i w_i s_i B_i A_i = Bc @ Ac with Bc [d_out, R], Ac [R, d_in], R = sum r_i
     Bc = torch.cat([f.B.to(dtype) * (w * f.scaling) for f, w in zip(fs, ws, strict=True)], 1)
     Ac = torch.cat([f.A.to(dtype) for f in fs], 0)
+    route = svd_route(Ac.shape[0], Bc.shape[0], Ac.shape[1])
+    if route == "dense":
+        return _dense_to_factors(Bc @ Ac, rank)
+    out = _gram_core(Bc, Ac, rank)
+    if out is not None:
+        return out
     Qb, Rb = torch.linalg.qr(Bc)  # Qb [d_out, k1], Rb [k1, R]
     Qa, Ra = torch.linalg.qr(Ac.T)  # Qa [d_in, k2], Ra [k2, R]
     core = Rb @ Ra.T  # [k1, k2], k <= R: the only matrix we decompose

@@ -284,3 +284,28 @@ def test_trimmed_mean_trims_at_least_one_each_side_from_five_adapters():
     ref = {"m": merge(honest, rank=8).factors["m"].delta(torch.float64)}
     robust = merge(honest + [poisoned], method="trimmed_mean", rank=8)
     assert relative_error(robust.factors, ref) < 0.1
+
+
+@pytest.mark.parametrize("case", ["gram", "dependent rows -> qr", "combined rank >= width -> dense"])
+def test_every_svd_route_gives_the_optimal_truncation(case):
+    """The svd method picks its route by cost; each one must give the Eckart-Young optimum."""
+    from quantgrid.merge.methods import svd_route
+
+    if case == "gram":
+        adapters = [rand_adapter(s) for s in range(3)]  # R = 12 < 16
+    elif case == "dependent rows -> qr":
+        twin = rand_adapter(0)
+        adapters = [twin, rand_adapter(1), {m: LoraFactors(f.A.clone(), 2 * f.B, f.scaling) for m, f in twin.items()}]
+    else:
+        adapters = [rand_adapter(s, r=6) for s in range(3)]  # R = 18 >= 16 (the v_proj width)
+    R = sum(a["layers.0.v_proj"].rank for a in adapters)
+    expected = "gram" if case != "combined rank >= width -> dense" else "dense"
+    assert svd_route(R, *SHAPES["layers.0.v_proj"]) == expected
+    exact = dense_sum(adapters, [1 / 3] * 3)
+    cut = merge(adapters, rank=5)
+    for m, d in exact.items():
+        s = torch.linalg.svdvals(d)
+        best = math.sqrt(float((s[5:] ** 2).sum() / (s ** 2).sum()))
+        got = cut.factors[m].delta(torch.float64)
+        assert float(torch.linalg.norm(got - d) / torch.linalg.norm(d)) == pytest.approx(best, rel=1e-4), m
+        assert cut.errors[m] == pytest.approx(best, rel=1e-4)
