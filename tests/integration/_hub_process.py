@@ -30,10 +30,12 @@ def clean_env(config_dir: Path, **extra: str) -> dict[str, str]:
 class HubProcess:
     """``quantgrid hub serve`` on 127.0.0.1 with its own storage; restartable on the same port."""
 
-    def __init__(self, storage: Path, *, port: int | None = None, args: tuple[str, ...] = (), env: dict | None = None):
+    def __init__(self, storage: Path, *, port: int | None = None, args: tuple[str, ...] = (), env: dict | None = None,
+                 db_url: str | None = None):
         self.storage = Path(storage)
         self.port = port or free_port()
-        self.args = args
+        self.db_url = db_url or f"sqlite:///{(self.storage / 'hub.db').resolve()}"
+        self.args = (*args, "--db", db_url) if db_url else args
         self.env = clean_env(self.storage.parent / "server-cfg", **(env or {}))
         self.proc: subprocess.Popen | None = None
         self.log = self.storage.parent / f"hub-{self.port}.log"
@@ -54,7 +56,7 @@ class HubProcess:
         from quantgrid.hub.server.auth import add_user
         from quantgrid.hub.server.db import Database
 
-        db = Database(f"sqlite:///{(self.storage / 'hub.db').resolve()}")
+        db = Database(self.db_url)
         try:
             return add_user(db, name, admin=admin)
         finally:
@@ -89,6 +91,46 @@ class HubProcess:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
         self._logf.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        if self.proc is not None:
+            self._logf.close()
+        self.proc = None
+
+
+class WorkerProcess:
+    """``quantgrid hub worker`` as its own process (logs at info level, so each job it starts is listed)."""
+
+    def __init__(self, storage: Path, db_url: str, *args: str, env: dict | None = None, name: str = "worker"):
+        self.log = Path(storage).parent / f"{name}.log"
+        self.cmd = [QUANTGRID, "hub", "worker", "--storage", str(storage), "--db", db_url, "--log-level", "info", *args]
+        self.env = clean_env(Path(storage).parent / "server-cfg", **(env or {}))
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> WorkerProcess:
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=self._logf, stderr=subprocess.STDOUT)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def jobs_started(self) -> list[int]:
+        """Ids of the jobs this worker started, from its log."""
+        import re
+
+        return [int(m) for m in re.findall(r"job (\d+) \(\w+\) attempt \d+/\d+ started", self.log.read_text())]
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
