@@ -90,7 +90,8 @@ class TrainingSettings(_Strict):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradients are clipped to this norm")
     max_seq_length: int = Field(1024, ge=16, description="longest example, in tokens")
-    seed: int = Field(42, description="random seed (data order, LoRA initialisation)")
+    seed: int = Field(42, description="random seed (LoRA initialisation, eval split, data order); quantgrid train "
+                      "draws a fresh one per run unless you give it, and records the one used")
     eval_fraction: float = Field(0.05, ge=0, lt=0.5, description="share of the data held out for the eval loss "
                                  "when no eval dataset is given")
     early_stopping_patience: int | None = Field(None, ge=1, description="stop after N evaluations without "
