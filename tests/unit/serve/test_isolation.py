@@ -214,7 +214,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def test_http_refuses_a_huge_stop_list_with_400(server):
+def test_http_hostile_settings_get_400_or_are_clamped(server):
     url, _ = server
     r = httpx.post(url + "/v1/completions", timeout=30, json={
         "model": "base", "prompt": PROMPT, "max_tokens": 4, "stop": [f"s{i}" for i in range(10_000)]})
@@ -223,6 +223,15 @@ def test_http_refuses_a_huge_stop_list_with_400(server):
         "model": "quantgrid:crypto", "max_tokens": 4, "temperature": 1e-300,
         "messages": [{"role": "user", "content": "What is bitcoin?"}]})
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+    # Ollama's route: the same gate (Python's json writes inf as the literal Infinity).
+    r = httpx.post(url + "/api/generate", timeout=30, headers={"content-type": "application/json"},
+                   content=b'{"model": "quantgrid:crypto", "prompt": "Hi", "stream": false, '
+                           b'"options": {"temperature": Infinity}}')
+    assert r.status_code == 400 and "temperature" in r.json()["error"]
+    r = httpx.post(url + "/api/chat", timeout=30, json={
+        "model": "quantgrid:crypto", "stream": False, "options": {"temperature": 1e-300, "num_predict": 3},
+        "messages": [{"role": "user", "content": "What is bitcoin?"}]})
+    assert r.status_code == 200 and r.json()["eval_count"] == 3
 
 
 def test_health_answers_while_a_big_prompt_is_tokenized(server, monkeypatch):

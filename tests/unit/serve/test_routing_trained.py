@@ -12,7 +12,7 @@ import json
 import pytest
 from serve_trained import HELD_OUT_SEED, TRAINED_SPECS
 
-from quantgrid.data.finance import generate, general_ood
+from quantgrid.data.finance import general_ood, generate
 from quantgrid.data.profile import question_profile, question_words
 from quantgrid.serve.router import Router, profile_scores
 

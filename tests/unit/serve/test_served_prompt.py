@@ -13,14 +13,13 @@ import json
 
 import pytest
 import torch
+from serve_trained import TRAINED_SPECS
 
 from quantgrid.data import Example
 from quantgrid.data.prompts import render
 from quantgrid.ml.tokenize import IGNORE_INDEX, encode
 from quantgrid.recipe import PROMPT_TEMPLATES, Recipe
 from quantgrid.serve.sampling import SamplingParams
-
-from serve_trained import TRAINED_SPECS
 
 SYSTEM = Recipe().system_prompt
 QUESTION = "A 5-year bond pays a 4% annual coupon and trades at a 5% yield. What is its price per $1,000 face?"
