@@ -2,7 +2,10 @@
 
 Ranking formula (lexicographic, each key descending):
 
-    key(contributor) = ( accepted,   # number of the contributor's accepted adapters
+    key(contributor) = ( accepted,   # number of the contributor's *distinct* accepted adapters: one
+                                     #   whose delta-W cosine (measured at validation) with an
+                                     #   earlier adapter of the same contributor reaches the hub's
+                                     #   duplicate_cosine counts once with it
                          impact,     # Σ over those adapters of leave-one-out impact, nats/token:
                                      #   loss(latest release without the adapter) − loss(with it);
                                      #   0 until a release has measured it
@@ -28,7 +31,7 @@ from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.models import Adapter, Submission, User, Vote
 from quantgrid.hub.settings import HubSettings
 
-FORMULA = ("rank by accepted adapters, then impact (sum of leave-one-out loss improvement of the latest "
+FORMULA = ("rank by distinct accepted adapters (near-duplicates of one's own count once), then impact (sum of leave-one-out loss improvement of the latest "
            "release, nats/token), then upvotes; ties: earliest acceptance, then name")
 
 _FAR_FUTURE = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
@@ -41,6 +44,9 @@ def leaderboard(db: Database, settings: HubSettings, limit: int = 100) -> Leader
         acc = {uid: (n, imp or 0.0, first) for uid, n, imp, first in s.execute(
             select(Adapter.user_id, func.count(), func.sum(Adapter.impact), func.min(Adapter.accepted_at))
             .group_by(Adapter.user_id)).all()}
+        distinct = distinct_counts(s.execute(select(Adapter.id, Adapter.user_id, Adapter.delta_info)).all(),
+                                   settings.duplicate_cosine)
+        acc = {uid: (distinct.get(uid, n), imp, first) for uid, (n, imp, first) in acc.items()}
         votes = dict(s.execute(
             select(Adapter.user_id, func.count()).join(Vote, Vote.adapter_id == Adapter.id).group_by(Adapter.user_id)
         ).all())
@@ -55,6 +61,22 @@ def leaderboard(db: Database, settings: HubSettings, limit: int = 100) -> Leader
     entries = [LeaderboardEntry(rank=i + 1, contributor=name, accepted=n, impact=impact, upvotes=up, submissions=ns)
                for i, (n, impact, up, _first, name, ns) in enumerate(rows[:limit])]
     return Leaderboard(formula=FORMULA, entries=entries)
+
+
+def distinct_counts(rows, threshold: float) -> dict[int, int]:
+    """Per user: accepted adapters that are not near-duplicates of an earlier one of theirs.
+
+    ``rows`` are ``(adapter id, user id, delta_info)``; ``delta_info["cosines"]`` holds the
+    delta-W cosines validation measured against every adapter accepted before it.
+    """
+    owner = {aid: uid for aid, uid, _ in rows}
+    out: dict[int, int] = {}
+    for _aid, uid, info in sorted(rows, key=lambda r: r[0]):
+        cosines = (info or {}).get("cosines") or {}
+        repeat = any(owner.get(int(other)) == uid and cos >= threshold
+                     for other, cos in cosines.items() if str(other).isdigit())
+        out[uid] = out.get(uid, 0) + (0 if repeat else 1)
+    return out
 
 
 def list_adapters(db: Database, limit: int = 100) -> list[AdapterOut]:
