@@ -155,3 +155,61 @@ def test_release_ships_its_recipes_template_and_serves_with_it(tiny_base, traine
     assert target.adapter == router.release
     assert served.encode_chat(messages, adapter=target.adapter) == training_prompt_ids(base_tok, messages, "mistral")
     served.adapters.pop(router.release)  # leave the module's engine as it was
+
+
+@pytest.fixture(scope="module")
+def http_server(tiny_base, trained_adapters, served):
+    """`quantgrid serve`'s app in uvicorn on 127.0.0.1, on the module's engine."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    from quantgrid.serve.app import create_app
+    from quantgrid.serve.settings import ServeSettings
+
+    settings = ServeSettings(base=tiny_base, adapters={k: str(v) for k, v in trained_adapters.items()})
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings, engine=served), log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield url
+    srv.should_exit = True
+    thread.join(timeout=30)
+
+
+def test_openai_and_ollama_chat_answer_like_peft_on_the_training_prompt(http_server, peft_trained):
+    """The real clients' chat calls get the greedy answer PEFT gives on the training prompt."""
+    import ollama
+    import openai
+
+    pm, tok = peft_trained
+    n = 8
+    oa = openai.OpenAI(base_url=http_server + "/v1", api_key="unused")
+    ol = ollama.Client(host=http_server)
+    for name, template in TRAINED_SPECS:
+        messages = CONVERSATIONS[0]
+        prompt = torch.tensor([training_prompt_ids(tok, messages, template)])
+        pm.set_adapter(name)
+        with torch.no_grad():
+            out = pm.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
+                              do_sample=False, pad_token_id=tok.pad_token_id)
+        want = tok.decode(out[0, prompt.shape[1]:], skip_special_tokens=True)
+        chat = oa.chat.completions.create(model=f"quantgrid:{name}", messages=messages, max_tokens=n, temperature=0)
+        assert chat.choices[0].message.content == want, name
+        assert chat.usage.prompt_tokens == prompt.shape[1]  # the training prompt's length
+        reply = ol.chat(model=f"quantgrid:{name}", messages=messages, options={"temperature": 0, "num_predict": n})
+        assert reply.message.content == want, name
