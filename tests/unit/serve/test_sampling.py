@@ -63,3 +63,29 @@ def test_find_stop(text, stops, expected):
 ])
 def test_safe_prefix_len_holds_back_possible_stop_starts(text, stops, expected):
     assert safe_prefix_len(text, stops) == expected
+
+
+@pytest.mark.parametrize("given,expected", [
+    (dict(temperature=1e-300), dict(temperature=0.0)),  # below the floor: greedy
+    (dict(temperature=0.7), dict(temperature=0.7)),
+    (dict(temperature=1e9), dict(temperature=100.0)),
+    (dict(seed=2 ** 64), dict(seed=0)),
+    (dict(seed=-1), dict(seed=2 ** 64 - 1)),
+    (dict(stop="END"), dict(stop=["END"])),
+    (dict(stop=["a", "", "a", "b"]), dict(stop=["a", "b"])),
+])
+def test_validated_clamps_into_range(given, expected):
+    from quantgrid.serve.sampling import SamplingParams
+
+    p = SamplingParams(**given).validated()
+    for k, v in expected.items():
+        assert getattr(p, k) == v
+
+
+def test_a_clamped_seed_seeds_the_generator():
+    import torch
+
+    from quantgrid.serve.sampling import make_generator
+
+    a = torch.rand(3, generator=make_generator(2 ** 64 + 5))
+    assert torch.equal(a, torch.rand(3, generator=make_generator(5)))
