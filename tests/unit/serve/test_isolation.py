@@ -78,6 +78,14 @@ def test_seed_beyond_64_bits_is_reduced_and_leaks_no_slot(cold_engine):
     assert big == zero  # 2**64 is reduced to the generator's range
     eng.generate(ids, SamplingParams(seed=-5, **params), adapter="bonds")
     assert eng.slots.refs == [0]
+    # Decoded next to an honest request (same adapter, the only slot), neither is disturbed.
+    _, hostile_events = collect(eng, ids, SamplingParams(seed=2 ** 64, **params), "bonds")
+    _, honest_events = collect(eng, ids, SamplingParams(temperature=0, max_tokens=6), "bonds")
+    wait_for(lambda: finished(hostile_events) and finished(honest_events), "both requests")
+    assert "".join(e.text for e in hostile_events[:-1]) == zero
+    greedy, _ = eng.generate(ids, SamplingParams(temperature=0, max_tokens=6), adapter="bonds")
+    assert isinstance(honest_events[-1], Done) and "".join(e.text for e in honest_events[:-1]) == greedy
+    assert eng.slots.refs == [0]
     # The one slot is free for another adapter at once.
     text, done = eng.generate(ids, SamplingParams(temperature=0, max_tokens=3), adapter="options")
     assert done.finish_reason in ("stop", "length") and eng.slots.refs == [0]
