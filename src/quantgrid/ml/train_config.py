@@ -51,6 +51,8 @@ class RunSettings(BaseModel):
                             "not write them (other files in --output are always kept)")
     include_dataset: bool = Field(False, description="copy the training data into training/dataset.jsonl "
                                   "(it is never part of a submission)")
+    routing_profile: bool = Field(True, description="record in the manifest which common words the training "
+                                  "questions hold (each in >= 5 of them), so `quantgrid serve` can route to the adapter")
     keep_checkpoints: bool = Field(False, description="keep <output>.checkpoints/ at the end")
     backend: Literal["auto", "hf", "unsloth"] = Field("auto", description="training backend (auto: Unsloth on "
                                                       "CUDA when installed)")

@@ -509,7 +509,8 @@ def write_adapter(cfg: TrainConfig, model, data: PreparedData, state, info, stan
             write_manifest(tmp, recipe=rec, base_name=info.name, base_fingerprint=info.fingerprint,
                            standard=standard, author=run.author, dataset_description=run.dataset_description,
                            dataset_fingerprint=data.fingerprint,
-                           routing=question_profile(e.prompt for e in data.train_examples))
+                           routing=question_profile(e.prompt for e in data.train_examples)
+                           if run.routing_profile else None)
 
         # The card replaces PEFT's empty template; it is built from the manifest, and the
         # manifest is then rewritten so that it hashes the card too. Manifest last.
