@@ -43,8 +43,11 @@ SLOWEST_FIRST = ("hub-operator-guide.md", "export-guide.md", "contributor-guide.
 # What each quickstart says it produces (globs relative to its directory): a run that exits 0
 # without these did not do what the guide claims.
 PRODUCES = {
-    "contributor-guide.md": ["my_data.train.jsonl", "my_data.benchmark.jsonl", "my_adapter/adapter_model.safetensors",
-                             "my_adapter/eval/results.json", "eval/REPORT.md", "quantgrid_submission_*.zip"],
+    "contributor-guide.md": ["adapters/corp-finance/PROPOSAL.md", "adapters/corp-finance/training/dataset.jsonl",
+                             "adapters/corp-finance/eval/benchmark.jsonl", "adapters/corp-finance/adapter_model.safetensors",
+                             "adapters/corp-finance/eval/results.json", "adapters/corp-finance/eval/REPORT.md",
+                             "adapters/corp-finance/eval/base_REPORT.md", "adapters/corp-finance/eval/ood_REPORT.md",
+                             "review.jsonl", "dist/quantgrid_submission_*.zip", "registry.yaml"],
     "hub-operator-guide.md": ["quantgrid_submission_*.zip", "hub/releases/20*/adapter_model.safetensors",
                               "hub/releases/20*/release.json", "hub-backup.db", ".quantgrid-config/credentials.json"],
     "serving-guide.md": ["adapter/adapter_model.safetensors"],

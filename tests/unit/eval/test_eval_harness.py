@@ -188,3 +188,16 @@ def test_each_run_writes_its_own_report_beside_its_output(tiny_base, trained_ada
     assert "Evaluation report: base model" in (ev_dir / "base_REPORT.md").read_text()
     assert "o.jsonl" in (ev_dir / "ood_REPORT.md").read_text() and "b.jsonl" in (ev_dir / "REPORT.md").read_text()
     assert json.loads((ev_dir / "results.json").read_text())["adapter"] is not None
+
+
+def test_write_into_adapter_keeps_the_contributors_own_benchmark(tiny_base, adapter_copy, tmp_path):
+    """LocoLLM's layout: eval/benchmark.jsonl is the user's file; evaluating on another set must not replace it."""
+    mine = adapter_copy / "eval" / "benchmark.jsonl"
+    mine.parent.mkdir(exist_ok=True)
+    mine.write_text(json.dumps({"question": "my own held-out question", "answer": "42"}) + "\n")
+    before = mine.read_bytes()
+    bench = write_jsonl(tmp_path / "other.jsonl", finance.generate(4, seed=9))
+    run_eval(EvalConfig(benchmark=str(bench), adapter=adapter_copy, base_model=tiny_base, metrics=["loss"],
+                        ood=None, bootstrap=100, write_into_adapter=True, output=tmp_path / "r.json"))
+    assert mine.read_bytes() == before
+    assert (adapter_copy / "eval" / "results.json").is_file() and (adapter_copy / "eval" / "REPORT.md").is_file()
