@@ -277,6 +277,11 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
                           f"({data.summary['eval_source']})",
                           hint="pass --eval-dataset FILE, or raise eval_fraction so that some examples are held out")
     device = run.device or default_device()
+    from quantgrid.ml import distributed as dist
+
+    dp, main = dist.launched(), dist.is_main()  # data-parallel under torchrun (ml/distributed.py)
+    if dp:
+        device = dist.init(run.device)
     backend = choose_backend(run.backend, device)
     standard = standard or Recipe()
     non_standard = rec.standard_fields_differ(standard)
@@ -298,14 +303,17 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
     ckpt_root = ckpt.checkpoints_dir(run.output_dir)
     state = ckpt.TrainState(identity=identity, seed=t.seed)
     best_weights: dict | None = None  # adapter weights of the best eval so far (load_best_model_at_end)
-    if not run.resume:  # only --overwrite gets here with old checkpoints (check_output_dir)
+    if not run.resume and main:  # only --overwrite gets here with old checkpoints (check_output_dir)
         shutil.rmtree(ckpt_root, ignore_errors=True)
     if run.resume:
         last = ckpt.latest_checkpoint(run.output_dir, identity)
         state = ckpt.load_checkpoint(last, model, optimizer, scheduler)
         best_weights = ckpt.load_best(last)
-    progress = Progress(total_steps, start_step=state.step, mode=run.progress, log_every=run.log_every, console=console)
-    trackers = Trackers(trackers_wanted, logging_dir=run.logging_dir or Path(run.output_dir) / "training" / "runs",
+    progress = Progress(total_steps, start_step=state.step, mode=run.progress if main else "none",
+                        log_every=run.log_every, console=console)
+    if dp:
+        progress.note(f"data-parallel: {dist.world_size()} processes share each step's micro-batches")
+    trackers = None if not main else Trackers(trackers_wanted, logging_dir=run.logging_dir or Path(run.output_dir) / "training" / "runs",
                         run_name=run.run_name or default_run_name(run.output_dir),
                         config=cfg.model_dump(mode="json")) if trackers_wanted else None
     slice_logits = backend == "hf"
@@ -341,6 +349,8 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
         progress.note(f"eval loss {loss:.4f} at step {state.step} (epoch {state.epoch})")
 
     def save() -> None:
+        if not main:
+            return
         ckpt.save_checkpoint(ckpt_root, model, optimizer, scheduler, state,
                              best=best_weights if run.load_best_model_at_end else None)
 
@@ -374,10 +384,15 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
                 model.train()
                 n_loss = sum(b.n_loss_tokens for b in window)
                 step_loss = 0.0
-                for b in window:
+                for j, b in enumerate(window):
+                    if dp and j % dist.world_size() != dist.rank():
+                        continue  # another process's share of this step
                     loss = loss_sum(model, b.to(device), slice_logits=slice_logits) / max(n_loss, 1)
                     loss.backward()
                     step_loss += loss.item()
+                if dp:
+                    dist.sum_gradients(params)
+                    step_loss = dist.sum_scalar(step_loss, device)
                 torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
                 lr = scheduler.get_last_lr()[0]  # the rate this step uses
                 optimizer.step()
@@ -447,10 +462,14 @@ def run_training(cfg: TrainConfig, *, standard: Recipe | None = None, console=No
         progress.note(f"kept the weights of step {state.best_step} (held-out loss {kept['eval_loss']:.4f}, the "
                       f"lowest); the last step was {state.step}")
     # -- 5. the adapter's files, complete or not at all
-    out = write_adapter(cfg, model, data, state, info, standard, stopped, load_desc, device,
-                        time.perf_counter() - t_start, plan, kept=kept)
-    if not run.keep_checkpoints:
-        shutil.rmtree(ckpt_root, ignore_errors=True)
+    out = Path(run.output_dir)
+    if main:
+        out = write_adapter(cfg, model, data, state, info, standard, stopped, load_desc, device,
+                            time.perf_counter() - t_start, plan, kept=kept)
+        if not run.keep_checkpoints:
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+    if dp:
+        dist.barrier()  # every process returns once the adapter is in place
     stats = {"steps": state.step, "tokens": state.tokens_seen, "loss_tokens": state.loss_tokens_seen,
              "train_seconds": state.train_seconds, "train_cpu_seconds": state.train_cpu_seconds, "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
              "final_train_loss": state.history[-1]["loss"] if state.history else None,
@@ -572,7 +591,13 @@ class QuantGridTrainer:
             if seed is not None:
                 return seed
         self.seed_drawn = True
-        return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        seed = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        from quantgrid.ml import distributed as dist
+
+        if dist.launched():  # every process must start from the same LoRA initialisation
+            dist.init(flat.get("device"))
+            seed = dist.broadcast(seed)
+        return seed
 
     def train(self, dataset_path: str | Path | None = None, output_dir: str | Path | None = None,
               num_epochs: float | None = None, batch_size: int | None = None, *,
@@ -589,7 +614,10 @@ class QuantGridTrainer:
         cfg = self.config(dataset_path, output_dir, num_epochs, batch_size, **overrides)
         out, self.last_stats = run_training(cfg, standard=self.standard, console=self.console, on_step=on_step,
                                             seed_drawn=self.seed_drawn)
-        (self.console or Console()).print(f"Adapter saved to {out}", highlight=False, soft_wrap=True)
+        from quantgrid.ml.distributed import is_main
+
+        if is_main():
+            (self.console or Console()).print(f"Adapter saved to {out}", highlight=False, soft_wrap=True)
         return out
 
 
