@@ -55,11 +55,14 @@ def test_nothing_private_leaves_in_the_zip(tmp_path, monkeypatch):
             secrets += [str(v) for v in rec.values() if len(str(v)) >= 4]
     assert len(secrets) > 1000
     secrets += [str(d.resolve()), str(tmp_path), "/home/ada", "projects", "data.jsonl", "benchmark.jsonl",
-                "fourteen", "your-domain"]
+                "fourteen"]
     with zipfile.ZipFile(out) as zf:
         entries = {n: zf.read(n).decode("utf-8", errors="replace") for n in zf.namelist()}
     leaks = [(n, s) for n, body in entries.items() for s in secrets if s in body]
     assert not leaks, leaks[:5]
+    # the folder's name is the adapter's registry name, declared in the manifest and nowhere else
+    manifest = json.loads(entries.pop("quantgrid.json"))
+    assert manifest["name"] == "your-domain" and not [n for n, b in entries.items() if "your-domain" in b]
     assert "<local path>" in entries["training/train_config.yaml"] and "lr: 0.0002" in entries[
         "training/train_config.yaml"]
     assert "## Data sources" in entries["training/TRAINING_LOG.md"]  # the public part of the log stays
@@ -248,7 +251,7 @@ def test_cli_package_and_check(tmp_path):
     res = runner.invoke(app, ["check", str(d)])
     assert res.exit_code == 1 and "✗" in res.output
     res = runner.invoke(app, ["package", str(tmp_path / "nope"), "--author", "a", "--dataset-desc", "b"])
-    assert res.exit_code == 2 and "not found" in res.output
+    assert res.exit_code == 1 and "not found" in res.output
 
 
 def test_package_names_the_adapter_and_the_one_it_improves(tmp_path):
@@ -264,3 +267,20 @@ def test_package_names_the_adapter_and_the_one_it_improves(tmp_path):
     with pytest.raises(ValidationError, match="lowercase") as err:
         package(d, "ada", "x", tmp_path, quiet=True, improves="SEC Filings!")
     assert "--improves" in err.value.hint
+
+
+def test_the_routing_profile_of_the_users_questions_stays_home(tmp_path):
+    """The manifest's question-word profile (local auto routing) is words of the user's own questions."""
+    from quantgrid.data.profile import question_profile
+
+    d = make_adapter_dir(tmp_path)
+    questions = [json.loads(line)["question"] for line in (d / "training/dataset.jsonl").read_text().splitlines()]
+    m = Manifest.model_validate_json((d / "quantgrid.json").read_text())
+    profile = question_profile(questions)
+    assert "ledger" in profile["terms"]  # words of the private questions
+    (d / "quantgrid.json").write_text(m.model_copy(update={"routing": profile}).model_dump_json())
+    out = package(d, "ada", "finance Q&A", tmp_path, quiet=True).path
+    with zipfile.ZipFile(out) as zf:
+        packed = json.loads(zf.read("quantgrid.json"))
+    assert packed["routing"] is None and "ledger" not in json.dumps(packed)
+    assert Manifest.model_validate_json((d / "quantgrid.json").read_text()).routing == profile  # kept locally

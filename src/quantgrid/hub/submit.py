@@ -54,10 +54,15 @@ class PreparedSubmission:
     stale: list[str]  # files that changed since the adapter's manifest was written
     reasons: dict[str, str] = field(default_factory=dict)  # left-out file -> why
     reduced: dict[str, str] = field(default_factory=dict)  # packaged file -> what was removed from it
+    name: str | None = None  # the registry name in the manifest
+    improves: str | None = None
 
     def summary_lines(self) -> list[str]:
         """What went in, what was left out and why, and what was reduced: for people."""
         lines = [f"Packaged {len(self.files)} files: {', '.join(self.files)}"]
+        if self.name:
+            lines.append(f"Registry name: {self.name}" + (f", a new version of {self.improves}" if self.improves
+                                                          else "") + " (set with --name / --improves)")
         for rel, how in self.reduced.items():
             lines.append(f"Reduced {rel}: {how}")
         for rel in self.left_out:
@@ -134,6 +139,9 @@ def _public_manifest(m: Manifest, contents: dict[str, bytes]) -> Manifest:
         update["eval"] = None  # a summary of results that are not in the package
     if looks_like_path(m.base_model.name):
         update["base_model"] = m.base_model.model_copy(update={"name": m.recipe.get("base_model", "local base")})
+    # The routing profile is words of the contributor's own questions, for their local `serve`
+    # auto routing; the hub routes nothing by it, so it stays home.
+    update["routing"] = None
     return m.model_copy(update=update)
 
 
@@ -183,7 +191,8 @@ def package(adapter_dir: str | Path, author_name: str, dataset_desc: str, out_di
     out = Path(out_dir) / f"quantgrid_submission_{int(time.time())}.zip"
     build_submission_zip(adapter_dir, out, manifest, contents)
     digest = sha256_file(out)
-    result = PreparedSubmission(out, digest, [*sorted(contents), MANIFEST], left_out, stale, reasons, reduced)
+    result = PreparedSubmission(out, digest, [*sorted(contents), MANIFEST], left_out, stale, reasons, reduced,
+                                manifest.name, manifest.improves)
     _say(quiet, "READY FOR UPLOAD!", f"File: {out.name}", f"Hash: {digest}", *result.summary_lines())
     if stale:
         _say(quiet, f"warning: changed since the manifest was written: {', '.join(stale)}")
