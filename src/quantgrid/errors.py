@@ -1,7 +1,10 @@
 """One exception hierarchy for everything a user can get wrong.
 
 Every error carries a ``hint``: the next thing the user should do. The CLI prints
-``error: <message>`` and ``hint: <hint>`` and exits non-zero, never a traceback.
+``error: <message>`` and ``hint: <hint>``, never a traceback, and exits with the class's
+``exit_code``: 2 for a usage error (a flag or setting that is wrong: :class:`ConfigError`,
+and every flag the command line parser refuses), 1 for a runtime error (everything else:
+a missing or corrupt file, an unreachable hub, a model that does not load).
 The hub maps each class to an HTTP status (``http_status``) so the same error is
 typed on both sides of the wire.
 """
@@ -14,6 +17,7 @@ class QuantGridError(Exception):
 
     http_status = 400
     code = "quantgrid_error"
+    exit_code = 1  # runtime error
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -25,9 +29,17 @@ class QuantGridError(Exception):
 
 
 class ConfigError(QuantGridError):
-    """An invalid setting: a recipe value, a CLI flag, a config file."""
+    """An invalid setting: a recipe value, a CLI flag, a value in a config file."""
 
     code = "config_error"
+    exit_code = 2  # usage error
+
+
+class ConfigFileError(ConfigError):
+    """A settings file that cannot be read: missing, not YAML, not a mapping."""
+
+    code = "config_file_error"
+    exit_code = 1
 
 
 class DataError(QuantGridError):

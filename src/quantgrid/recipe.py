@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from quantgrid.errors import ConfigError
+from quantgrid.errors import ConfigError, ConfigFileError
 
 DEFAULT_BASE_MODEL = "mistralai/Mistral-7B-v0.1"
 PROMPT_TEMPLATES = ("qa", "context_qa", "alpaca", "mistral", "chat")
@@ -157,7 +157,7 @@ class Recipe(_Strict):
     def load(cls, path: str | Path) -> Recipe:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"recipe file not found: {p}", hint="pass a YAML file written by `quantgrid recipe show`")
+            raise ConfigFileError(f"recipe file not found: {p}", hint="pass a YAML file written by `quantgrid recipe show`")
         from quantgrid.utils import load_yaml_mapping
 
         return cls.from_dict(load_yaml_mapping(p, str(p)), source=str(p))

@@ -252,7 +252,9 @@ def describe_errors(e: ValidationError, table: Mapping[str, Setting]) -> str:
         loc = tuple(err.get("loc", ()))
         name = flag_for_loc(table, loc) or ".".join(str(p) for p in loc)
         msg = err.get("msg", "")
-        if err.get("type") == "extra_forbidden" and loc:
+        if err.get("type") == "missing":
+            msg = "required, and not given"
+        elif err.get("type") == "extra_forbidden" and loc:
             near = nearest(str(loc[-1]), lookup(table))
             msg = "unknown setting" + (f" (did you mean {near!r}?)" if near else "")
         parts.append(f"{name}: {msg}" if name else msg)

@@ -19,14 +19,19 @@ def load_yaml_mapping(path: Path, label: str) -> dict:
     """
     import yaml
 
-    from quantgrid.errors import ConfigError
+    from quantgrid.errors import ConfigFileError
 
     try:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{label}: not valid YAML: {e}") from None
+        raise ConfigFileError(f"{label}: not valid YAML: {' '.join(str(e).split())}",
+                              hint="fix the YAML at the line named above") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigFileError(f"{label}: cannot be read: {getattr(e, 'strerror', None) or e}",
+                              hint="pass a readable UTF-8 YAML file") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{label}: expected a YAML mapping, got {type(data).__name__}")
+        raise ConfigFileError(f"{label}: expected a YAML mapping, got {type(data).__name__}",
+                              hint="write settings as `name: value` lines")
     return data
 
 

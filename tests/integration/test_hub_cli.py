@@ -36,7 +36,7 @@ def _zip(tmp_path, name: str, payload: bytes):
 
 def test_contributor_journey_through_the_cli(hub, env, tmp_path):
     r = cli(env, "whoami")
-    assert r.returncode == 2 and "not logged in" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "not logged in" in r.stderr and "Traceback" not in r.stderr
     r = cli(env, "login", input=hub.tokens["alice"] + "\n")  # the prompt path
     assert r.returncode == 0, r.stderr
     assert "logged in" in r.stdout and "alice" in r.stdout
@@ -63,7 +63,7 @@ def test_contributor_journey_through_the_cli(hub, env, tmp_path):
 
 def test_auth_failures_are_one_line_401s(hub, env, tmp_path):
     r = cli(env, "login", "--token", "qg_wrong")
-    assert r.returncode == 2 and "invalid API token" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "invalid API token" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "cfg" / "credentials.json").exists()  # a bad token is never saved
 
     bob = {**env, "QUANTGRID_TOKEN": hub.tokens["bob"]}
@@ -71,26 +71,26 @@ def test_auth_failures_are_one_line_401s(hub, env, tmp_path):
     bob_sub = json.loads(cli(bob, "push", str(z), "--json").stdout)
     alice = {**env, "QUANTGRID_TOKEN": hub.tokens["alice"]}
     r = cli(alice, "status", str(bob_sub["id"]))
-    assert r.returncode == 2 and f"no submission {bob_sub['id']}" in r.stderr  # 404, not 403
+    assert r.returncode == 1 and f"no submission {bob_sub['id']}" in r.stderr  # 404, not 403
 
     temp = hub.admin("user", "add", "temp")
     assert cli({**env, "QUANTGRID_TOKEN": temp}, "whoami").returncode == 0
     hub.admin("user", "revoke", "temp")
     r = cli({**env, "QUANTGRID_TOKEN": temp}, "whoami")
-    assert r.returncode == 2 and "revoked" in r.stderr
+    assert r.returncode == 1 and "revoked" in r.stderr
 
 
 def test_unreachable_hub_and_missing_file_are_clear_errors(env, tmp_path):
     r = cli({**env, "QUANTGRID_HUB": "http://127.0.0.1:9", "QUANTGRID_TOKEN": "x"}, "whoami")
-    assert r.returncode == 2 and "cannot reach the hub" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1 and "cannot reach the hub" in r.stderr and "Traceback" not in r.stderr
     r = cli({**env, "QUANTGRID_TOKEN": "x"}, "push", str(tmp_path / "nope.zip"))
-    assert r.returncode == 2 and "no such file" in r.stderr
+    assert r.returncode == 1 and "no such file" in r.stderr
 
 
 def test_too_large_push_is_refused_by_the_client_and_the_server(hub, env, tmp_path):
     big = _zip(tmp_path, "big.zip", b"x" * 300_000)
     r = cli({**env, "QUANTGRID_TOKEN": hub.tokens["alice"]}, "push", str(big))
-    assert r.returncode == 2 and "at most 200000" in r.stderr
+    assert r.returncode == 1 and "at most 200000" in r.stderr
 
     # A client that ignores the limit: the server answers 413 from the headers alone,
     # before reading a single body byte (we never send the body).

@@ -30,8 +30,9 @@ def _train(tmp_path: Path, base: str, data: Path | str, *extra: str):
     return result, created
 
 
-def _assert_clear_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
+def _assert_clear_error(result, *needles: str, code: int = 1) -> None:
+    """``code``: 2 for a usage error (a flag or setting), 1 for a runtime error."""
+    assert result.exit_code == code, result.output
     assert "Traceback" not in result.output
     assert "error:" in result.output and "hint:" in result.output
     for n in needles:
@@ -69,7 +70,7 @@ def test_output_dir_with_a_file_training_did_not_write_at_one_of_its_paths(tiny_
     (out / "thesis.docx").write_text("precious")
     (out / "README.md").write_text("my own notes")  # training writes a model card here
     result, _ = _train(tmp_path, tiny_base, data_file)
-    _assert_clear_error(result, "README.md", "which training did not write", "--overwrite")
+    _assert_clear_error(result, "README.md", "which training did not write", "--overwrite", code=2)
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "thesis.docx"]
     assert (out / "README.md").read_text() == "my own notes"
     assert not (tmp_path / "out.checkpoints").exists()
@@ -83,7 +84,7 @@ def test_output_dir_with_a_file_training_did_not_write_at_one_of_its_paths(tiny_
 
 def test_invalid_flag_value_names_the_flag(tiny_base, data_file, tmp_path):
     result, created = _train(tmp_path, tiny_base, data_file, "--lora-rank", "0")
-    _assert_clear_error(result, "--lora-rank")
+    _assert_clear_error(result, "--lora-rank", code=2)
     assert not created
 
 
@@ -93,7 +94,7 @@ def test_unsloth_backend_without_unsloth(tiny_base, data_file, tmp_path):
     if unsloth_available():
         pytest.skip("Unsloth is installed here")
     result, created = _train(tmp_path, tiny_base, data_file, "--backend", "unsloth")
-    _assert_clear_error(result, "Unsloth is not installed", "--backend hf")
+    _assert_clear_error(result, "Unsloth is not installed", "--backend hf", code=2)
     assert not created
 
 
@@ -117,4 +118,4 @@ def test_config_file_values_and_flag_precedence(tiny_base, data_file, tmp_path):
     cfg.write_text(json.dumps({"dataset": str(data_file), "lora_rank": 0}))  # JSON is YAML
     result = CliRunner().invoke(app, ["train", "--config", str(cfg), "--base-model", tiny_base,
                                       "--output", str(tmp_path / "o")])
-    _assert_clear_error(result, "--lora-rank")  # the file's bad value is reported under its flag
+    _assert_clear_error(result, "--lora-rank", code=2)  # the file's bad value is reported under its flag

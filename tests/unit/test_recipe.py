@@ -68,4 +68,4 @@ def test_cli_show_hash_and_check(tmp_path):
     bad = runner.invoke(app, ["recipe", "check", str(p)])
     assert bad.exit_code == 2 and "lora.r: Input should be greater than or equal to 1" in bad.output
     missing = runner.invoke(app, ["recipe", "hash", str(tmp_path / "nope.yaml")])
-    assert missing.exit_code == 2 and "recipe file not found" in missing.output
+    assert missing.exit_code == 1 and "recipe file not found" in missing.output

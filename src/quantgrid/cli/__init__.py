@@ -29,7 +29,7 @@ from quantgrid.cli import (
     serve,
     train,
 )
-from quantgrid.cli._common import report_error, report_usage_error
+from quantgrid.cli._common import input_error, os_error, report_error, report_usage_error
 from quantgrid.errors import QuantGridError
 
 
@@ -42,7 +42,7 @@ class _Group(TyperGroup):
             return super().invoke(ctx)
         except QuantGridError as e:
             report_error(e)
-            raise typer.Exit(2) from None
+            raise typer.Exit(e.exit_code) from None
         except typer.TyperException as e:
             # click's usage errors (exit code 2), raised while a subcommand parses its flags;
             # "no arguments: show the help" is one of them and keeps its own handling.
@@ -52,6 +52,17 @@ class _Group(TyperGroup):
             sub = getattr(e, "ctx", None)
             report_usage_error(e.format_message(), sub.command_path if sub is not None else ctx.command_path)
             raise typer.Exit(2) from None
+        except OSError as e:
+            # The operating system refused a path the user gave (unwritable output, a directory
+            # where a file was expected, a full disk): a runtime error, not a bug to trace.
+            report_error(os_error(e))
+            raise typer.Exit(1) from None
+        except Exception as e:
+            known = input_error(e)  # a corrupt file a library refused to parse
+            if known is None:
+                raise
+            report_error(known)
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
+from pydantic import BaseModel
+from rich.markup import escape
 
 from quantgrid.cli._common import console, err_console
-from quantgrid.errors import ExportError
+from quantgrid.cli.options import Flags, settings_command
+from quantgrid.errors import ConfigError, ExportError
+from quantgrid.export.settings import GGUFExport, MergedExport, OllamaExport
+from quantgrid.settings import settings_of, validate
 
 export_app = typer.Typer(help="Export an adapter or base: merged HF model, GGUF (llama.cpp), Ollama Modelfile.",
                          no_args_is_help=True)
 
-OUTTYPE_HELP = "Tensor type for 2-D weights: f32, f16 or q8_0 (norms stay f32)."
+
+def _settings(model: type[BaseModel], command: str, given: dict[str, Any]) -> Any:
+    return validate(model, given, settings_of(model), what=f"export {command} settings",
+                    hint=f"see `quantgrid export {command} --help`")
 
 
 def _base_for(adapter: Path, base: str | None) -> str:
@@ -32,48 +41,37 @@ def _base_for(adapter: Path, base: str | None) -> str:
 
 
 @export_app.command("merged")
-def merged(
-    adapter: Path = typer.Option(..., "--adapter", help="Adapter directory to merge."),
-    out: Path = typer.Option(..., "--out", help="Output Hugging Face model directory."),
-    base: str = typer.Option(None, "--base", help="Base model id or path (default: the adapter's recipe)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
-) -> None:
+@settings_command(Flags(settings_of(MergedExport)))
+def merged(**given: Any) -> None:
     """Merge the adapter into the base weights and save a plain HF model directory."""
     from quantgrid.export.merged import export_merged
 
-    path = export_merged(adapter, out, _base_for(adapter, base), overwrite=overwrite)
-    console.print(f"merged model written to [bold]{path}[/]")
+    s = _settings(MergedExport, "merged", given)
+    path = export_merged(s.adapter, s.out, _base_for(s.adapter, s.base), overwrite=s.overwrite)
+    console.print(f"merged model written to [bold]{escape(str(path))}[/]")
 
 
 @export_app.command("gguf")
-def gguf_cmd(
-    out: Path = typer.Option(..., "--out", help="Output .gguf file."),
-    base: str = typer.Option(None, "--base", help="Base model id or path. Alone: export the base."),
-    adapter: Path = typer.Option(None, "--adapter", help="Adapter directory: export it as a GGUF LoRA adapter."),
-    outtype: str = typer.Option("f16", "--outtype", help=OUTTYPE_HELP),
-) -> None:
+@settings_command(Flags(settings_of(GGUFExport)))
+def gguf_cmd(**given: Any) -> None:
     """Write a base model, or a LoRA adapter, as GGUF for llama.cpp and Ollama."""
     from quantgrid.export.gguf import export_adapter, export_base
 
+    s = _settings(GGUFExport, "gguf", given)
+    out, base, adapter, outtype = s.out, s.base, s.adapter, s.outtype
+
     if adapter is None and base is None:
-        raise ExportError("nothing to export", hint="pass --base ID_OR_PATH for a model or --adapter DIR for an adapter")
+        raise ConfigError("nothing to export", hint="pass --base ID_OR_PATH for a model or --adapter DIR for an adapter")
     if adapter is not None:
         path = export_adapter(adapter, _base_for(adapter, base), out, outtype)
     else:
         path = export_base(base, out, outtype)
-    console.print(f"GGUF written to [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB)")
+    console.print(f"GGUF written to [bold]{escape(str(path))}[/] ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @export_app.command("ollama")
-def ollama_cmd(
-    adapter: Path = typer.Option(..., "--adapter", help="Adapter (or release) directory."),
-    out: Path = typer.Option(..., "--out", help="Output directory for Modelfile, adapter.gguf (and base.gguf)."),
-    base: str = typer.Option(None, "--base", help="Base model id or path (default: the adapter's recipe)."),
-    from_: str = typer.Option(None, "--from", help="FROM line: an Ollama model name or a base GGUF path. "
-                              "Default: export the base to OUT/base.gguf."),
-    outtype: str = typer.Option("f16", "--outtype", help=OUTTYPE_HELP),
-    name: str = typer.Option("quantgrid", "--name", help="Model name for the printed `ollama create` command."),
-) -> None:
+@settings_command(Flags(settings_of(OllamaExport)))
+def ollama_cmd(**given: Any) -> None:
     """Write an Ollama Modelfile (FROM, ADAPTER, TEMPLATE, SYSTEM, PARAMETER) plus the GGUF files."""
     from quantgrid.export.gguf import export_adapter, export_base
     from quantgrid.export.merged import trained_in_4bit
@@ -81,7 +79,9 @@ def ollama_cmd(
     from quantgrid.ml.models import load_tokenizer
     from quantgrid.recipe import Recipe
 
-    base_id = _base_for(adapter, base)
+    s = _settings(OllamaExport, "ollama", given)
+    adapter, out, from_, outtype, name = s.adapter, s.out, s.from_model, s.outtype, s.name
+    base_id = _base_for(adapter, s.base)
     out.mkdir(parents=True, exist_ok=True)
     # The adapter stays f16 whatever the base's type: Ollama advises non-quantized adapters.
     export_adapter(adapter, base_id, out / "adapter.gguf", "f16")
@@ -96,27 +96,28 @@ def ollama_cmd(
     if trained_in_4bit(adapter):
         err_console.print("[yellow]warning:[/] this adapter was trained on a 4-bit base; Ollama advises "
                           "non-quantized adapters: expect small differences from training-time behaviour")
-    console.print(f"Modelfile written to [bold]{out / 'Modelfile'}[/]")
-    console.print(f"run: [bold]cd {out} && ollama create {name} -f Modelfile[/]")
+    console.print(f"Modelfile written to [bold]{escape(str(out / 'Modelfile'))}[/]")
+    console.print(f"run: [bold]{escape(f'cd {out} && ollama create {name} -f Modelfile')}[/]")
+
+
+def _hf_settings():
+    from quantgrid.export.hf import HFExport
+
+    return HFExport
 
 
 @export_app.command("hf")
-def hf_cmd(
-    adapter: Path = typer.Option(..., "--adapter", help="Adapter directory to export."),
-    repo_id: str = typer.Option(..., "--repo-id", help="Hugging Face repo id, e.g. your-name/quantgrid-sec-filings."),
-    out: Path = typer.Option(..., "--out", help="Output folder (then: huggingface-cli upload REPO_ID OUT)."),
-    license: str = typer.Option(None, "--license", help="Licence id for the card (default: the adapter card's)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
-) -> None:
+@settings_command(Flags(settings_of(_hf_settings())))
+def hf_cmd(**given: Any) -> None:
     """Write a folder ready for `huggingface-cli upload`: adapter, tokenizer/chat template, model card."""
     from quantgrid.export.hf import HFExport, export_hf
 
-    s = HFExport(adapter=adapter, repo_id=repo_id, out=out, license=license, overwrite=overwrite)
+    s = _settings(HFExport, "hf", given)
     path, written, left_out = export_hf(s)
-    console.print(f"Hugging Face folder written to {path}: {', '.join(written)}", markup=False)
+    console.print(f"Hugging Face folder written to [bold]{escape(str(path))}[/]: {', '.join(written)}")
     if left_out:
-        console.print("left out: " + ", ".join(f"{k} ({v})" for k, v in sorted(left_out.items())), markup=False)
-    console.print(f"upload it with: huggingface-cli upload {s.repo_id} {path}", markup=False)
+        console.print(f"left out: {escape(', '.join(f'{k} ({v})' for k, v in sorted(left_out.items())))}")
+    console.print(f"upload it with: huggingface-cli upload {escape(s.repo_id)} {escape(str(path))}")
 
 
 def register(app: typer.Typer) -> None:

@@ -20,7 +20,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from quantgrid.errors import ConfigError
+from quantgrid.errors import ConfigError, ConfigFileError
 from quantgrid.recipe import Recipe
 from quantgrid.settings import describe_errors, settings_of
 from quantgrid.utils import load_yaml_mapping
@@ -38,7 +38,7 @@ class _YamlConfigSource(PydanticBaseSettingsSource):
             return
         path = Path(config_file)
         if not path.is_file():
-            raise ConfigError(f"hub config file not found: {path}",
+            raise ConfigFileError(f"hub config file not found: {path}",
                               hint="pass --config with a YAML file of hub settings (keys as in `quantgrid hub serve --help`)")
         data = load_yaml_mapping(path, f"hub config {path}")
         unknown = sorted(set(data) - set(settings_cls.model_fields))

@@ -322,9 +322,7 @@ def prepare_push(path: str | Path, out_dir: str | Path) -> PushPlan:
         return PushPlan(res.path, "packaged", [f"{path} is an adapter directory: packaged it as {res.path.name}",
                                                *res.summary_lines()])
     if not path.is_file():
-        from quantgrid.errors import ConfigError
-
-        raise ConfigError(f"no such file or directory: {path}",
+        raise DataError(f"no such file or directory: {path}",
                           hint="push an adapter directory, or the zip `quantgrid package` wrote")
     import zipfile
 

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
-from quantgrid.errors import ConfigError
+from quantgrid.errors import ConfigError, ConfigFileError
 from quantgrid.recipe import Recipe
 from quantgrid.settings import Setting, flatten, nest, settings_of, validate
 from quantgrid.utils import load_yaml_mapping
@@ -134,7 +134,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     or flat keys (``dataset: x.jsonl``, ``lora_rank: 8``, ``learning_rate: 1e-4``), or a mix."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"--config: {p} not found", hint="pass a YAML file, e.g. a previous run's training/train_config.yaml")
+        raise ConfigFileError(f"--config: {p} not found", hint="pass a YAML file, e.g. a previous run's training/train_config.yaml")
     data = load_yaml_mapping(p, f"--config {p}")
     try:
         return flatten(train_settings(), data, what="training setting")

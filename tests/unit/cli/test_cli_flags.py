@@ -34,7 +34,8 @@ def _options(cmd):
 
 
 def test_the_redesigned_commands_use_generated_flags():
-    assert {"train", "serve", "hub serve", "hub worker", "hub rotate-benchmark", "hub user add", "eval"} <= set(GENERATED)
+    assert {"train", "serve", "hub serve", "hub worker", "hub rotate-benchmark", "hub user add", "eval", "export merged",
+            "export gguf", "export ollama"} <= set(GENERATED)
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))

@@ -88,7 +88,7 @@ def test_check_in_tokens_with_a_tokenizer(tmp_path):
 def test_check_bad_file_is_one_clear_line(tmp_path):
     p = write(tmp_path / "bad.jsonl", [{"question": "Q", "answer": "A"}, "{nope"])
     r = run("data", "check", str(p))
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     assert f"error: {p} line 2: invalid JSON: Expecting property name enclosed in double quotes (column 2)" in r.output
     assert "hint:" in r.output and "Traceback" not in r.output
 
@@ -130,11 +130,11 @@ def test_normalize_keeps_the_input_schema(tmp_path):
 def test_normalize_error_leaves_no_file(tmp_path):
     p = write(tmp_path / "bad.jsonl", [{"question": "Q on 2024-01-01", "answer": "A"}, {"question": "Q2"}])
     r = run("data", "normalize", str(p))
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     assert f"error: {p} line 2: missing field 'answer' (format 'qa', detected from line 1)" in r.output
     assert files(tmp_path) == ["bad.jsonl"]
     r = run("data", "normalize", str(p), "--kinds", "PRICE,NOPE", "--lenient")
-    assert r.exit_code == 2 and "unknown placeholder kind(s): NOPE" in r.output
+    assert r.exit_code == 1 and "unknown placeholder kind(s): NOPE" in r.output
     assert files(tmp_path) == ["bad.jsonl"]
 
 
@@ -165,7 +165,7 @@ def test_split_writes_leak_free_files(tmp_path):
 def test_split_error_leaves_no_files(tmp_path):
     p = qa_file(tmp_path, n=10)
     r = run("data", "split", str(p), "--benchmark-size", "50")
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     assert "10 examples (10 after merging duplicates) are too few for a benchmark of 50" in r.output
     assert files(tmp_path) == ["qa.jsonl"]
 
@@ -202,7 +202,7 @@ def test_finance_topics_and_errors():
     r = run("data", "finance", "--list-topics")
     assert "fixed_income" in r.output.split()
     r = run("data", "finance", "--topics", "astrology")
-    assert r.exit_code == 2 and "unknown finance topic(s): astrology" in r.output
+    assert r.exit_code == 1 and "unknown finance topic(s): astrology" in r.output
 
 
 def test_list_shows_builtins_and_formats():

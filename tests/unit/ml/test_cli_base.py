@@ -19,7 +19,7 @@ def test_base_info_prints_name_and_fingerprint(tiny_base):
 
 def test_base_info_on_a_missing_path_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["base", "info", str(tmp_path / "nothing")])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "not a model directory" in result.output and "hint:" in result.output
 
 

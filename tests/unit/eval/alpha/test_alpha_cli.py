@@ -23,7 +23,7 @@ def test_check_prints_canonical_form_and_needs():
 
 def test_check_error_is_one_line_and_a_hint():
     res = run("check", "corelation(close, volume, 5)")
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert "unknown operator 'corelation'" in res.output and "did you mean correlation" in res.output
     assert "Traceback" not in res.output
 
@@ -53,17 +53,17 @@ def test_score_reads_jsonl_and_text(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "rank(open)"}\n')
     res = run("score", str(bad))
-    assert res.exit_code == 2 and "bad.jsonl:1" in res.output and "'answer'" in res.output
+    assert res.exit_code == 1 and "bad.jsonl:1" in res.output and "'answer'" in res.output
 
 
 def test_bad_inputs(tmp_path):
     res = run("backtest", "rank(close)", "--prices", str(tmp_path / "missing.csv"))
-    assert res.exit_code == 2 and "price file not found" in res.output
+    assert res.exit_code == 1 and "price file not found" in res.output
     res = run("synth", str(tmp_path / "p.xlsx"))
     assert res.exit_code == 2 and ".csv or .parquet" in res.output
     assert not (tmp_path / "p.xlsx").exists()
     res = run("backtest", "rank(close)", "--method", "best")
-    assert res.exit_code == 2 and "portfolio method" in res.output
+    assert res.exit_code == 1 and "portfolio method" in res.output
 
 
 def test_ops_lists_every_operator():
