@@ -1,0 +1,40 @@
+"""The settings of each export (``quantgrid export merged|gguf|ollama``): one model per
+command, whose fields are its flags. Imports only pydantic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_OUTTYPE = ("tensor type for 2-D weights: f32, f16 or q8_0 (norms stay f32); a base may also be q4_k_m, q5_k_m "
+            "or q6_k (quantized by llama.cpp)")
+_BASE = "base model id or path (default: the adapter's recipe)"
+
+
+class _Export(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MergedExport(_Export):
+    adapter: Path = Field(..., description="adapter directory to merge")
+    out: Path = Field(..., description="output Hugging Face model directory")
+    base: str | None = Field(None, description=_BASE)
+    overwrite: bool = Field(False, description="replace an existing output directory")
+
+
+class GGUFExport(_Export):
+    out: Path = Field(..., description="output .gguf file")
+    base: str | None = Field(None, description="base model id or path; alone: export the base")
+    adapter: Path | None = Field(None, description="adapter directory: export it as a GGUF LoRA adapter")
+    outtype: str = Field("f16", description=_OUTTYPE)
+
+
+class OllamaExport(_Export):
+    adapter: Path = Field(..., description="adapter (or release) directory")
+    out: Path = Field(..., description="output directory for Modelfile, adapter.gguf (and base.gguf)")
+    base: str | None = Field(None, description=_BASE)
+    from_model: str | None = Field(None, description="FROM line: an Ollama model name or a base GGUF path "
+                                   "(default: export the base to OUT/base.gguf)", json_schema_extra={"flag": "--from"})
+    outtype: str = Field("f16", description=_OUTTYPE)
+    name: str = Field("quantgrid", description="model name for the printed `ollama create` command")
