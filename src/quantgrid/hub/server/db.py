@@ -28,7 +28,7 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _MIGRATE_LOCK = threading.Lock()
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(engine: Engine, *, durable: bool = True) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record):
         # Let SQLAlchemy, not the sqlite3 module, decide when transactions begin (see _on_begin).
@@ -36,7 +36,9 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA synchronous=FULL")  # a committed submission survives power loss
+        # A committed submission survives power loss; bookkeeping that may be lost (rate-limit
+        # buckets) commits without waiting for the disk.
+        cur.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -70,8 +72,15 @@ class Database:
         self.engine = create_engine(url, **kwargs)
         if self.is_sqlite:
             _sqlite_pragmas(self.engine)
+            # Connections of their own, so the non-durable pragma never reaches durable writes.
+            self._fast_engine = create_engine(url, **kwargs)
+            _sqlite_pragmas(self._fast_engine, durable=False)
+        else:
+            self._fast_engine = self.engine
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(sqlite_immediate=True), expire_on_commit=False)
+        self._fast_write = sessionmaker(self._fast_engine.execution_options(sqlite_immediate=True),
+                                        expire_on_commit=False)
         if migrate:
             self.migrate()
 
@@ -82,9 +91,15 @@ class Database:
             yield s
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Session]:
-        """A transaction that commits on success and rolls back on error."""
-        with self._write() as s, s.begin():
+    def write(self, *, durable: bool = True) -> Iterator[Session]:
+        """A transaction that commits on success and rolls back on error.
+
+        ``durable=False`` is for state that may be lost in a power cut (rate-limit buckets): the
+        commit does not wait for the disk (SQLite ``synchronous=OFF``, PostgreSQL
+        ``synchronous_commit=off``). It is still atomic and isolated."""
+        with (self._write if durable else self._fast_write)() as s, s.begin():
+            if not durable and not self.is_sqlite:
+                s.execute(text("SET LOCAL synchronous_commit TO OFF"))
             yield s
 
     # ---- schema ----
@@ -122,3 +137,4 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._fast_engine.dispose()

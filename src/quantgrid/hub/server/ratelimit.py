@@ -2,8 +2,8 @@
 
 * **Request rate**: a token bucket per client (``user:<id>``, or ``ip:<address>`` when
   anonymous): ``burst`` requests at once, refilled at ``per_minute``/60 per second. The bucket
-  is a row of ``rate_buckets``, updated under a row lock (SQLite: the write lock), so two hub
-  processes behind one load balancer share one limit instead of each allowing its own.
+  is a row of ``rate_buckets``, updated by one atomic upsert, so two hub processes behind one
+  load balancer share one limit instead of each allowing its own.
 * **Uploads in flight**: before the hub reads an upload's body it takes an ``upload_slots``
   row for the user. A user may hold ``max_concurrent_uploads_per_user`` slots, and live slots
   count toward the daily submission limit, so a burst of parallel pushes is refused at the
@@ -19,8 +19,9 @@ import os
 import socket
 import time
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import case, delete, func, literal, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from quantgrid.errors import RateLimited
@@ -32,44 +33,37 @@ UPLOAD_SLOT_SECONDS = 3600.0  # an upload taking longer than this loses its slot
 
 
 class RateLimiter:
-    """The request-rate token buckets, in the database ``db``."""
+    """The request-rate token buckets, in the database ``db``.
+
+    One statement per request (an upsert that refills, charges and returns the balance), in a
+    non-durable transaction: buckets are cheap to lose. A refused request is charged too, down
+    to at most one burst of debt, so a client that keeps hammering waits until it stops.
+    """
 
     def __init__(self, db: Database, per_minute: int, burst: int):
         self.db = db
         self.rate = per_minute / 60.0
         self.burst = float(burst)
 
+    def _statement(self, key: str, cost: float, now: float):
+        insert = (sqlite_insert if self.db.is_sqlite else pg_insert)(RateBucket)
+        t = RateBucket.__table__.c
+        refill = t.tokens + (literal(now) - t.updated_at) * self.rate
+        refill = case((refill > self.burst, self.burst), else_=refill)
+        charged = case((refill - cost < -self.burst, -self.burst), else_=refill - cost)
+        stmt = insert.values(key=key, tokens=self.burst - cost, updated_at=now)
+        return stmt.on_conflict_do_update(index_elements=[t.key], set_={"tokens": charged, "updated_at": now}
+                                          ).returning(t.tokens)
+
     def hit(self, key: str, cost: float = 1.0) -> None:
         """Spend ``cost`` tokens of ``key``'s bucket or raise RateLimited with a Retry-After."""
-        now = time.time()
-        for attempt in range(3):
-            try:
-                with self.db.write() as s:
-                    row = s.scalar(select(RateBucket).where(RateBucket.key == key).with_for_update())
-                    if row is None:
-                        row = RateBucket(key=key, tokens=self.burst, updated_at=now)
-                        s.add(row)
-                        s.flush()  # a concurrent first request for this key loses here and retries
-                    tokens = min(self.burst, row.tokens + max(0.0, now - row.updated_at) * self.rate)
-                    row.updated_at = now
-                    if tokens < cost:
-                        row.tokens = tokens
-                        wait = math.ceil((cost - tokens) / self.rate)
-                        break
-                    row.tokens = tokens - cost
-                return
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        raise RateLimited(f"too many requests; try again in {wait} s",
-                          hint="slow down, or ask the hub admin to raise rate_limit_per_minute",
-                          retry_after=wait)
-
-    def forget_idle(self, older_than_s: float = 3600.0) -> int:
-        """Drop buckets untouched this long (they are full again anyway)."""
-        cutoff = time.time() - max(older_than_s, self.burst / self.rate)
-        with self.db.write() as s:
-            return s.execute(delete(RateBucket).where(RateBucket.updated_at < cutoff)).rowcount
+        with self.db.write(durable=False) as s:
+            left = s.execute(self._statement(key, cost, time.time())).scalar_one()
+        if left < 0:
+            wait = max(1, math.ceil(-left / self.rate))
+            raise RateLimited(f"too many requests; try again in {wait} s",
+                              hint="slow down, or ask the hub admin to raise rate_limit_per_minute",
+                              retry_after=wait)
 
 
 # ---- upload slots ----
