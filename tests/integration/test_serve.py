@@ -241,3 +241,18 @@ def test_auto_deploy_from_a_real_hub(tiny_base, crypto, tmp_path):
             assert r.status_code == 200 and r.headers["X-QuantGrid-Adapter"] == "release-2026.47"
     # cached per hub + version + build time (see HubReleaseSource._cache_key)
     assert len(list((tmp_path / "cache").glob("2026.47-*/adapter_model.safetensors"))) == 1
+
+
+def test_non_streaming_client_that_disconnects_frees_its_row(front):
+    """A client that gives up on a non-streaming request: its row stops within a poll, not at max_tokens."""
+    engine = front.app.state.qg.engine
+    before = engine.stats.requests_cancelled
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(front.url + "/v1/completions", timeout=httpx.Timeout(60, read=0.5), json={
+            "model": "quantgrid:crypto", "prompt": "bitcoin", "max_tokens": 1000, "temperature": 0,
+            "stop": [], "seed": 1})
+    deadline = time.time() + 30
+    while (engine.n_active or engine.stats.requests_cancelled == before) and time.time() < deadline:
+        time.sleep(0.02)
+    assert engine.n_active == 0 and engine.stats.requests_cancelled == before + 1
+    assert engine.slots.refs[engine.slots.slot_of["crypto"]] == 0
