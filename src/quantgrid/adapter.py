@@ -2,7 +2,8 @@
 
 An adapter directory is a plain PEFT adapter (``adapter_config.json`` +
 ``adapter_model.safetensors``) plus quantgrid's manifest and the training/eval records
-(DESIGN §3). This module imports without torch: the hub and thin clients use it.
+(docs/architecture.md, "The formats between the journeys"). This module imports without
+torch: the hub and thin clients use it.
 """
 
 from __future__ import annotations

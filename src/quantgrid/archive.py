@@ -1,6 +1,6 @@
 """Reading a stranger's zip safely: in memory, under streaming caps, never extracted.
 
-The hub receives submissions from anyone (DESIGN §5). ``read_zip`` turns the uploaded
+The hub receives submissions from anyone. ``read_zip`` turns the uploaded
 bytes into ``{name: bytes}`` for an allowlist of names, or raises ``ValidationError``
 with a ``check`` that names the rule broken. It never writes to disk and never reads
 more than the caps allow, whatever the archive claims about itself.

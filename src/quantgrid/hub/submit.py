@@ -1,7 +1,7 @@
 """The contributor's side of a submission: package, verify, and the pre-flight checklist.
 
 ``prepare_submission`` turns an adapter directory into ``quantgrid_submission_<ts>.zip``
-holding only the allowlisted files (DESIGN §5) and a manifest that hashes exactly
+holding only the allowlisted files (``quantgrid.archive``) and a manifest that hashes exactly
 them; raw training data never goes in. ``verify_submission`` re-reads a zip with the
 hub's own archive reader, so what passes here passes the hub's archive checks.
 ``run_checklist`` is ``quantgrid check``: the things a reviewer would ask before

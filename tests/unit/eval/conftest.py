@@ -1,7 +1,7 @@
 """Fixtures for the evaluation tests: a LoRA adapter really trained on the tiny base.
 
 The adapter is made with PEFT and a few AdamW steps here (not with the trainer), so the
-evaluation tests depend only on the adapter directory format (DESIGN §3).
+evaluation tests depend only on the adapter directory format (docs/architecture.md).
 """
 
 from __future__ import annotations
