@@ -13,8 +13,27 @@ from fastapi.concurrency import run_in_threadpool
 from quantgrid.errors import ConfigError, NotFound, ServerError
 
 
-async def embed_texts(state, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
-    """(unit vectors, prompt tokens) for ``texts`` with the model ``model`` serves."""
+async def embed_texts(state, model: str, texts: list[str], dimensions: int | None = None
+                      ) -> tuple[list[list[float]], int]:
+    """(unit vectors, prompt tokens) for ``texts`` with the model ``model`` serves; with
+    ``dimensions``, the first that many components, re-normalised."""
+    vectors, n = await _embed_all(state, model, texts)
+    if dimensions is not None:
+        if dimensions > len(vectors[0]):
+            from quantgrid.serve.errors import UnsupportedParameter
+
+            raise UnsupportedParameter("dimensions", f"dimensions must be at most {len(vectors[0])} for this model",
+                                       hint="leave dimensions out for the full vector")
+        vectors = [_unit(v[:dimensions]) for v in vectors]
+    return vectors, n
+
+
+def _unit(v: list[float]) -> list[float]:
+    norm = sum(x * x for x in v) ** 0.5 or 1.0
+    return [x / norm for x in v]
+
+
+async def _embed_all(state, model: str, texts: list[str]) -> tuple[list[list[float]], int]:
     if state.engine is None:
         raise NotFound("embeddings need the local engine, which is off",
                        hint="start the server with the local engine (LOCAL_PYTORCH_ENABLED=true)")

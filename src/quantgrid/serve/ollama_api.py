@@ -177,11 +177,7 @@ async def chat(request: Request, body: T.OllamaChatRequest = Depends(json_body(T
 async def _embed(state: ServeState, model: str, texts: list[str], dimensions: int | None = None):
     from quantgrid.serve.embeddings import embed_texts
 
-    vectors, n = await embed_texts(state, model, texts)
-    if dimensions is not None:
-        vectors = [v[:dimensions] for v in vectors]
-        vectors = [[x / (sum(y * y for y in v) ** 0.5 or 1.0) for x in v] for v in vectors]
-    return vectors, n
+    return await embed_texts(state, model, texts, dimensions)
 
 
 @router.post("/api/embed", response_model=T.Embed)

@@ -278,22 +278,13 @@ async def embeddings(body: T.EmbeddingRequest = Depends(json_body(T.EmbeddingReq
     texts = [body.input] if isinstance(body.input, str) else body.input
     if not texts:
         raise UnsupportedParameter("input", "input is an empty list", hint="send at least one text")
-    vectors, n_tokens = await embed_texts(state, body.model, texts)
-    if body.dimensions is not None:
-        if body.dimensions > len(vectors[0]):
-            raise UnsupportedParameter("dimensions", f"dimensions must be at most {len(vectors[0])} for this model",
-                                       hint="leave dimensions out for the full vector")
-        vectors = [_renorm(v[:body.dimensions]) for v in vectors]
+    vectors, n_tokens = await embed_texts(state, body.model, texts, body.dimensions)
     data = [T.Embedding(index=i, embedding=v if body.encoding_format == "float"
                         else base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode())
             for i, v in enumerate(vectors)]
     return T.EmbeddingList(data=data, model=body.model,
                            usage=T.EmbeddingUsage(prompt_tokens=n_tokens, total_tokens=n_tokens))
 
-
-def _renorm(v: list[float]) -> list[float]:
-    norm = sum(x * x for x in v) ** 0.5 or 1.0
-    return [x / norm for x in v]
 
 
 @router.post("/v1/feedback", response_model=FeedbackReceipt)
