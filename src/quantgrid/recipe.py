@@ -125,8 +125,14 @@ class Recipe(_Strict):
 
     # ---- identity ----
     def canonical_json(self) -> str:
-        """Key-order independent JSON: the same settings always give the same text."""
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Key-order independent JSON: the same settings always give the same text.
+
+        The seed is left out: each training run draws its own (so contributors' LoRA
+        initialisations differ), and the hash names the recipe everyone shares, not the run.
+        """
+        data = self.model_dump(mode="json")
+        data["training"].pop("seed", None)
+        return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
     def hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]

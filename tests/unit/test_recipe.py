@@ -30,6 +30,8 @@ def test_hash_is_stable_whatever_the_key_order(tmp_path):
     p.write_text(yaml.safe_dump(reordered, sort_keys=False))
     assert Recipe.load(p).hash() == Recipe().hash()
     assert Recipe(training={"lr": 1e-4}).hash() != Recipe().hash()
+    # a run's own seed is not part of the recipe everyone shares
+    assert Recipe(training={"seed": 123456}).hash() == Recipe().hash()
 
 
 def test_yaml_round_trip(tmp_path):
