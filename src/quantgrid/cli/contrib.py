@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from quantgrid.cli._common import console, err_console
@@ -114,14 +115,14 @@ def _upload(zip_path: Path, hub: str | None, idempotency_key: str | None, as_jso
 def _print_report(report: dict) -> None:
     for key in ("stage", "check", "message"):
         if report.get(key) is not None:
-            console.print(f"  {key}: {report[key]}", highlight=False)
+            console.print(f"  {key}: {report[key]}", highlight=False, markup=False)
     numbers = report.get("numbers") or {}
     for k, v in numbers.items():
-        console.print(f"  {k}: {v}", highlight=False)
+        console.print(f"  {k}: {v}", highlight=False, markup=False)
     for d in report.get("diagnoses") or []:
-        console.print(f"  - {d}", highlight=False)
+        console.print(f"  - {d}", highlight=False, markup=False)
     if report.get("hint"):
-        console.print(f"  [yellow]hint:[/] {report['hint']}", highlight=False)
+        console.print(f"  [yellow]hint:[/] {escape(str(report['hint']))}", highlight=False)
 
 
 def status(
@@ -140,7 +141,7 @@ def status(
             table = Table("id", "status", "score", "file", "submitted")
             for s in items:
                 table.add_row(str(s.id), f"[{_STATUS_STYLE[s.status]}]{s.status}[/]",
-                              "" if s.score is None else f"{s.score:+}", s.filename,
+                              "" if s.score is None else f"{s.score:+}", escape(s.filename),
                               s.created_at.strftime("%Y-%m-%d %H:%M"))
             console.print(table if items else "no submissions yet; push one with `quantgrid push ZIP`")
             return
@@ -148,9 +149,9 @@ def status(
     if as_json:
         typer.echo(sub.model_dump_json())
         return
-    console.print(f"submission {sub.id} by {sub.owner}: [{_STATUS_STYLE[sub.status]}]{sub.status}[/]"
+    console.print(f"submission {sub.id} by {escape(sub.owner)}: [{_STATUS_STYLE[sub.status]}]{sub.status}[/]"
                   + ("" if sub.score is None else f" (loss improvement {sub.score:+} nats/token)"), highlight=False)
-    console.print(f"file {sub.filename}, {sub.size_bytes} bytes, sha256 {sub.sha256}", highlight=False)
+    console.print(f"file {sub.filename}, {sub.size_bytes} bytes, sha256 {sub.sha256}", highlight=False, markup=False)
     if sub.report:
         console.print("report:")
         _print_report(sub.report)
@@ -172,7 +173,7 @@ def leaderboard(
     table = Table("rank", "contributor", "accepted adapters", "impact", "upvotes", title="quantgrid leaderboard",
                   caption=board.formula)
     for e in board.entries:
-        table.add_row(str(e.rank), e.contributor, str(e.accepted), f"{e.impact:+.3f}", str(e.upvotes))
+        table.add_row(str(e.rank), escape(e.contributor), str(e.accepted), f"{e.impact:+.3f}", str(e.upvotes))
     console.print(table if board.entries else "the leaderboard is empty: no submissions yet")
 
 

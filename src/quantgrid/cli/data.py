@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from quantgrid.cli._common import console, err_console
@@ -31,7 +32,7 @@ def _load(source: str, fmt: str | None, lenient: bool):
     report = load_examples_report(source, format=fmt, lenient=lenient)
     if report.skipped:
         err_console.print(f"[yellow]skipped {len(report.skipped)} bad record(s):[/] "
-                          + "; ".join(f"{s.location}: {s.reason}" for s in report.skipped[:10])
+                          + escape("; ".join(f"{s.location}: {s.reason}" for s in report.skipped[:10]))
                           + (" ..." if len(report.skipped) > 10 else ""), highlight=False, soft_wrap=True)
     return report
 
@@ -87,21 +88,22 @@ def check(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    console.print(f"[bold]{result.source}[/]: {result.n_examples} examples, format [cyan]{result.format}[/]"
+    console.print(f"[bold]{escape(str(result.source))}[/]: {result.n_examples} examples, format "
+                  f"[cyan]{escape(str(result.format))}[/]"
                   f"{f', {result.n_skipped} skipped' if result.n_skipped else ''}, {result.n_with_context} with context",
                   highlight=False, soft_wrap=True)
-    table = Table(title=f"lengths in {result.unit} (template {result.template})", title_justify="left")
+    table = Table(title=escape(f"lengths in {result.unit} (template {result.template})"), title_justify="left")
     for col in ("", "min", "mean", "median", "p95", "max"):
         table.add_column(col, justify="right" if col else "left")
     for name, s in result.lengths.items():
-        table.add_row(name, *(f"{v:g}" for v in (s.min, s.mean, s.median, s.p95, s.max)))
+        table.add_row(escape(name), *(f"{v:g}" for v in (s.min, s.mean, s.median, s.p95, s.max)))
     console.print(table)
     near = "not checked" if result.near_duplicates is None else str(result.near_duplicates)
     console.print(f"exact duplicates: {result.exact_duplicates}   near-duplicate pairs: {near}   "
                   f"truncated at {result.max_seq_length}: {result.n_truncated}"
                   f"{' (estimated)' if result.truncation_estimated and result.n_truncated else ''}", highlight=False, soft_wrap=True)
     for w in result.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(str(w))}", highlight=False, soft_wrap=True)
     if not result.warnings:
         console.print("[green]no problems found[/]")
 
@@ -134,9 +136,10 @@ def normalize(
     write_records(out, result.examples, _out_format(report))
     atomic_write_text(changes, "".join(json.dumps(c.to_dict(), ensure_ascii=False) + "\n" for c in result.changes))
     counts = ", ".join(f"{k} {v}" for k, v in result.counts().items()) or "none"
-    console.print(f"{len(result.examples)} examples written to [bold]{out}[/] ({result.changed_examples} changed; "
+    console.print(f"{len(result.examples)} examples written to [bold]{escape(str(out))}[/] ({result.changed_examples} changed; "
                   f"placeholders: {counts}; {result.duplicates_removed} duplicates removed)", highlight=False, soft_wrap=True)
-    console.print(f"{len(result.changes)} changes recorded in [bold]{changes}[/]", highlight=False, soft_wrap=True)
+    console.print(f"{len(result.changes)} changes recorded in [bold]{escape(str(changes))}[/]", highlight=False,
+                  soft_wrap=True)
 
 
 @data_app.command("split")
@@ -169,8 +172,10 @@ def split(
     fmt_out = _out_format(report)
     write_records(train_out, result.train, fmt_out)
     write_records(bench_out, result.bench, fmt_out)
-    console.print(f"train: {len(result.train)} examples -> [bold]{train_out}[/]", highlight=False, soft_wrap=True)
-    console.print(f"benchmark: {len(result.bench)} examples -> [bold]{bench_out}[/]", highlight=False, soft_wrap=True)
+    console.print(f"train: {len(result.train)} examples -> [bold]{escape(str(train_out))}[/]", highlight=False,
+                  soft_wrap=True)
+    console.print(f"benchmark: {len(result.bench)} examples -> [bold]{escape(str(bench_out))}[/]", highlight=False,
+                  soft_wrap=True)
     if result.dropped:
         console.print(f"[yellow]dropped {result.dropped} near-duplicate(s) of benchmark items[/] "
                       "(they would leak on either side)", highlight=False, soft_wrap=True)
@@ -205,7 +210,7 @@ def leakage(
             for o in report.overlaps[:show]:
                 ex = b[o.bench_index]
                 table.add_row(str(ex.meta.get("line", o.bench_index)), str(t[o.train_index].meta.get("line", o.train_index)),
-                              o.kind, f"{o.score:.0%}", (ex.prompt or ex.completion)[:70])
+                              o.kind, f"{o.score:.0%}", escape((ex.prompt or ex.completion)[:70]))
             console.print(table)
         console.print("[green]no leakage[/]" if report.clean else
                       f"[red]{len(report.leaked_bench)} of {report.n_bench} benchmark items leak[/]")
@@ -241,7 +246,8 @@ def finance_cmd(
     from quantgrid.utils import atomic_write_text
 
     atomic_write_text(out, text)
-    console.print(f"{len(examples)} examples written to [bold]{out}[/] (seed {seed})", highlight=False, soft_wrap=True)
+    console.print(f"{len(examples)} examples written to [bold]{escape(str(out))}[/] (seed {seed})", highlight=False,
+                  soft_wrap=True)
     from quantgrid.data.provenance import record_generated
 
     if (log := record_generated(out, n=len(examples), seed=seed, topics=chosen or finance.TOPICS, concepts=concepts)):

@@ -88,3 +88,14 @@ def test_error_printer_survives_markup_in_messages(capsys):
     report_error(DataError("cannot read data[/red]/x[bold].jsonl", hint="look at [/] and [link=x]"))
     err = capsys.readouterr().err
     assert "data[/red]/x[bold].jsonl" in err and "[/] and [link=x]" in err
+
+
+def test_data_check_table_prints_a_markup_path_as_itself(tmp_path):
+    import json
+
+    p = tmp_path / "x[/red][bold].jsonl"  # a folder "x[" holding "red][bold].jsonl"
+    p.parent.mkdir()
+    p.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(5)))
+    r = CliRunner().invoke(app, ["data", "check", str(p)])
+    assert r.exit_code == 0, r.output
+    assert "x[/red][bold].jsonl" in r.output
