@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Any
 
 import typer
+from pydantic import BaseModel, Field
 
-from quantgrid.cli.hub import ConfigOpt, DbOpt, StorageOpt, hub_app, hub_settings
+from quantgrid.cli.hub import HUB_STORAGE_FLAGS, hub_app, load_hub
+from quantgrid.cli.options import Flags, settings_command
+from quantgrid.hub.settings import HubSettings
+from quantgrid.settings import settings_of
 
 
-def gc(
-    grace: Annotated[float | None, typer.Option(
-        "--grace", min=0, help="Keep unreferenced blobs and temp dirs younger than this many seconds "
-                               "\\[default: gc_grace_seconds, 3600]")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
-    db: DbOpt = None, storage: StorageOpt = None, config: ConfigOpt = None,
-) -> None:
+class GcOptions(BaseModel):
+    dry_run: bool = Field(False, description="list what would be removed; remove nothing")
+
+
+GRACE_FLAGS = Flags(settings_of(HubSettings, only=("gc_grace_seconds",)), panel=HUB_STORAGE_FLAGS.panel)
+
+
+@settings_command(Flags(settings_of(GcOptions)), GRACE_FLAGS, HUB_STORAGE_FLAGS)
+def gc(**given: Any) -> None:
     """Remove unreferenced blobs (local or S3), stale upload temp files, release staging and temp directories.
 
     Safe while the hub runs: a blob younger than the grace may belong to an upload about to commit and is kept, and staging directories are kept while a job of this machine is running. Every hub start runs the same cleanup.
@@ -24,10 +30,11 @@ def gc(
     from quantgrid.hub.server.gc import collect
     from quantgrid.hub.server.storage import open_blob_store
 
-    settings = hub_settings(db, storage, config=config)
+    dry_run = bool(given.pop("dry_run", False))
+    settings = load_hub(**given)
     database = Database(settings.database_url)
     try:
-        report = collect(settings, database, open_blob_store(settings), grace_s=grace, dry_run=dry_run)
+        report = collect(settings, database, open_blob_store(settings), dry_run=dry_run)
     finally:
         database.dispose()
     verb = "would remove" if dry_run else "removed"

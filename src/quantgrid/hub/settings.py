@@ -16,7 +16,7 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -100,7 +100,8 @@ class HubSettings(BaseSettings):
     max_concurrent_uploads_per_user: int = Field(2, ge=1, description="uploads one user may send at once, "
                                                  "across every hub process (more get 429)")
     gc_grace_seconds: float = Field(3600.0, ge=0, description="`hub gc` and startup keep unreferenced blobs and "
-                                    "staging directories younger than this (an upload may be about to commit)")
+                                    "staging directories younger than this (an upload may be about to commit)",
+                                    validation_alias=AliasChoices("gc_grace_seconds", "grace"))
 
     # ---- jobs ----
     worker_enabled: bool = Field(True, description="`hub serve` also runs a job worker thread",
