@@ -4,21 +4,50 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
+from pydantic import BaseModel, Field, field_validator
 from rich.table import Table
 
 from quantgrid.cli._common import console
+from quantgrid.cli.options import Flags, settings_command
 from quantgrid.errors import ConfigError, DataError
+from quantgrid.settings import settings_of, validate
 
 alpha_app = typer.Typer(
     help="Parse, check and backtest formulaic alphas (the WorldQuant 101-alpha language); never runs Python.",
     no_args_is_help=True,
 )
 
-PRICES_HELP = ("Long-format CSV or Parquet price file: date, ticker, open, high, low, close, volume "
-               "[, vwap, cap, sector, industry, subindustry]. Default: the seeded synthetic panel.")
-METHOD_HELP = "Portfolio: 'rank' (dollar-neutral, rank-weighted) or 'quantile' (top vs bottom fifth)."
+
+
+class BacktestOptions(BaseModel):
+    """The settings of ``alpha backtest`` and ``alpha score``."""
+
+    prices: Path | None = Field(None, description="long-format CSV or Parquet price file: date, ticker, open, high, "
+                                "low, close, volume [, vwap, cap, sector, industry, subindustry] (default: the "
+                                "seeded synthetic panel)")
+    method: str = Field("rank", description="portfolio: 'rank' (dollar-neutral, rank-weighted) or 'quantile' "
+                        "(top vs bottom fifth)")
+    as_json: bool = Field(False, description="print the full report as JSON", json_schema_extra={"flag": "--json"})
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        from quantgrid.eval.alpha.backtest import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown portfolio method {v!r}; use one of: {', '.join(METHODS)}")
+        return v
+
+
+BACKTEST_FLAGS = Flags(settings_of(BacktestOptions))
+
+
+def _options(given: dict[str, Any], command: str) -> BacktestOptions:
+    return validate(BacktestOptions, given, BACKTEST_FLAGS.settings, what=f"alpha {command} option",
+                    hint=f"see `quantgrid alpha {command} --help`")
 
 
 def _panel(prices: Path | None):
@@ -48,32 +77,32 @@ def check(expressions: list[str] = typer.Argument(..., help="One or more alpha e
 
 
 @alpha_app.command("backtest", context_settings=_EXPR_SETTINGS)
+@settings_command(BACKTEST_FLAGS)
 def backtest_cmd(
     expressions: list[str] = typer.Argument(..., help="One or more alpha expressions (quote each one)."),
-    prices: Path = typer.Option(None, "--prices", help=PRICES_HELP),
-    method: str = typer.Option("rank", "--method", help=METHOD_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    **given: Any,
 ) -> None:
     """Daily long-short backtest of each alpha: annualized Sharpe, turnover and IC on next-day returns."""
     from quantgrid.eval.alpha import score_alphas
 
-    report = score_alphas(list(expressions), _panel(prices), method=method)
-    _print_report(report, as_json)
+    o = _options(given, "backtest")
+    report = score_alphas(list(expressions), _panel(o.prices), method=o.method)
+    _print_report(report, o.as_json)
 
 
 @alpha_app.command("score")
+@settings_command(BACKTEST_FLAGS)
 def score_cmd(
     answers: Path = typer.Argument(..., help="Generated answers: a .jsonl file (field 'answer', 'completion' or "
                                    "'output') or a text file with one alpha per line."),
-    prices: Path = typer.Option(None, "--prices", help=PRICES_HELP),
-    method: str = typer.Option("rank", "--method", help=METHOD_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    **given: Any,
 ) -> None:
     """Score a file of generated alphas: compile rate, backtest success, mean Sharpe / turnover / IC."""
     from quantgrid.eval.alpha import score_alphas
 
-    report = score_alphas(_read_answers(answers), _panel(prices), method=method)
-    _print_report(report, as_json)
+    o = _options(given, "score")
+    report = score_alphas(_read_answers(answers), _panel(o.prices), method=o.method)
+    _print_report(report, o.as_json)
 
 
 def _read_answers(path: Path) -> list[str]:

@@ -63,7 +63,7 @@ def test_bad_inputs(tmp_path):
     assert res.exit_code == 2 and ".csv or .parquet" in res.output
     assert not (tmp_path / "p.xlsx").exists()
     res = run("backtest", "rank(close)", "--method", "best")
-    assert res.exit_code == 1 and "portfolio method" in res.output
+    assert res.exit_code == 2 and "portfolio method" in res.output
 
 
 def test_ops_lists_every_operator():
