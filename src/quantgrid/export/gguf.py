@@ -333,6 +333,7 @@ def _export_base(model_dir: Path, out: Path, outtype: str) -> Path:
     name = base_info(str(model_dir), config).name
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch.gguf_name)
+        w.add_type(gguf.GGUFType.MODEL)
         _metadata(w, gguf.Metadata(name=name, repo_url=_hf_repo(name)))
         _add_hparams(w, config)
         w.add_file_type(_file_type(outtype))

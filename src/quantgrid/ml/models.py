@@ -10,7 +10,6 @@ because the same tiny base lives at a different path on every machine.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -39,13 +38,10 @@ class BaseInfo:
 
 
 def _config_fingerprint(cfg: Any) -> str:
-    keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads", "vocab_size")
-    payload = {k: getattr(cfg, k, None) for k in keys}
-    head_dim = getattr(cfg, "head_dim", None)
-    if head_dim and head_dim != cfg.hidden_size // cfg.num_attention_heads:
-        payload["head_dim"] = head_dim  # only when it is not implied, so older fingerprints stay valid
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+    # One rule for every fingerprint: the hub computes it from config.json without transformers.
+    from quantgrid.adapter import BaseShape
+
+    return BaseShape.from_config(cfg.to_dict(), name="").fingerprint
 
 
 def base_info(model_id_or_path: str, config: Any | None = None) -> BaseInfo:
