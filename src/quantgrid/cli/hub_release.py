@@ -7,51 +7,58 @@ storage (the shared hub settings options); ``releases`` asks any hub over HTTP.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel, Field
 from rich.table import Table
 
 from quantgrid.cli._common import console, err_console
-from quantgrid.cli.hub import BaseModelOpt, ConfigOpt, DbOpt, RecipeOpt, StorageOpt, hub_app, hub_settings
+from quantgrid.cli.hub import HUB_FLAGS, hub_app, load_hub
+from quantgrid.cli.options import Flags, settings_command
+from quantgrid.settings import settings_of, validate
+
+_METHOD_NAMES = "svd (exact factor-space, default), cat, ties, dare_linear, dare_ties, median, trimmed_mean"
 
 
-def _method_names() -> str:
-    return "svd (exact factor-space, default), cat, ties, dare_linear, dare_ties, median, trimmed_mean"
+class ReleaseOptions(BaseModel):
+    """How ``hub release`` merges (the hub's own settings are HubSettings)."""
+
+    dry_run: bool = Field(False, description="build and evaluate, print the verdict, publish nothing")
+    method: str = Field("svd", description=f"merge method: {_METHOD_NAMES}")
+    rank: int | None = Field(None, ge=1, le=4096, description="rank of the release adapter (default: adaptive, 99% "
+                             "of the update's energy, at most 256)")
+    weighting: str = Field("fit", description="fit (weights fitted on half the hidden benchmark), equal, sum, or "
+                           "impact (proportional to each adapter's hub-measured loss improvement)")
+    density: float | None = Field(None, ge=0.0, le=1.0, description="ties / dare: fraction of delta-W entries kept")
+    trim: float | None = Field(None, ge=0.0, le=0.5, description="trimmed_mean: fraction cut at each end per "
+                               "coordinate")
+    impact: bool = Field(True, description="measure each contributor's leave-one-out impact")
 
 
-def release(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Build and evaluate, print the verdict, publish nothing")] = False,
-    method: Annotated[str, typer.Option("--method", help=f"Merge method: {_method_names()}")] = "svd",
-    rank: Annotated[int | None, typer.Option("--rank", min=1, max=4096,
-                                             help="Rank of the release adapter [default: adaptive, 99% of "
-                                                  "the update's energy, at most 256]")] = None,
-    weighting: Annotated[str, typer.Option(
-        "--weighting", help="fit (weights fitted on half the hidden benchmark), equal, sum, or impact "
-                            "(proportional to each adapter's hub-measured loss improvement)")] = "fit",
-    density: Annotated[float | None, typer.Option(
-        "--density", min=0.0, max=1.0, help="ties / dare: fraction of delta-W entries kept")] = None,
-    trim: Annotated[float | None, typer.Option(
-        "--trim", min=0.0, max=0.5, help="trimmed_mean: fraction cut at each end per coordinate")] = None,
-    impact: Annotated[bool, typer.Option("--impact/--no-impact",
-                                         help="Measure each contributor's leave-one-out impact")] = True,
-    db: DbOpt = None, storage: StorageOpt = None, recipe: RecipeOpt = None,
-    base_model: BaseModelOpt = None, config: ConfigOpt = None,
-) -> None:
+RELEASE_FLAGS = Flags(settings_of(ReleaseOptions), panel="Release")
+
+
+@settings_command(RELEASE_FLAGS, HUB_FLAGS)
+def release(**given: Any) -> None:
     """Merge every accepted adapter into release YYYY.WW, gate it against the current release, publish it."""
     from quantgrid.errors import ConfigError
     from quantgrid.hub.server.db import Database
     from quantgrid.hub.server.releases import release_now
     from quantgrid.merge.methods import METHODS
 
+    o = validate(ReleaseOptions, {k: given.pop(k) for k in list(given) if k in RELEASE_FLAGS.settings},
+                 RELEASE_FLAGS.settings, what="release option", hint="see `quantgrid hub release --help`")
+    dry_run, method, rank, weighting, density, trim, impact = (o.dry_run, o.method, o.rank, o.weighting, o.density,
+                                                              o.trim, o.impact)
     if method not in METHODS:
-        raise ConfigError(f"--method {method!r} is not a merge method", hint=f"choose one of: {_method_names()}")
+        raise ConfigError(f"--method {method!r} is not a merge method", hint=f"choose one of: {_METHOD_NAMES}")
     from quantgrid.merge.release import WEIGHTINGS
 
     if weighting not in WEIGHTINGS:
         raise ConfigError(f"--weighting {weighting!r} is not known", hint=f"use one of {', '.join(WEIGHTINGS)}")
     options = {k: v for k, v in (("density", density), ("trim", trim)) if v is not None}
-    settings = hub_settings(db, storage, recipe, base_model, config)
+    settings = load_hub(**given)
     with console.status("releasing ...") as status:
         def log(msg: str) -> None:
             status.update(msg)
@@ -88,16 +95,16 @@ def _print_outcome(out) -> None:
         console.print(f"release directory: {out.path}", highlight=False)
 
 
+@settings_command(HUB_FLAGS)
 def rollback(
     version: Annotated[str, typer.Argument(metavar="VERSION", help="A published release, e.g. 2026.47")],
-    db: DbOpt = None, storage: StorageOpt = None, recipe: RecipeOpt = None,
-    base_model: BaseModelOpt = None, config: ConfigOpt = None,
+    **given: Any,
 ) -> None:
     """Put an earlier published release back in service (servers pick it up from /v1/releases/latest)."""
     from quantgrid.hub.server.db import Database
     from quantgrid.hub.server.releases import rollback as do_rollback
 
-    settings = hub_settings(db, storage, recipe, base_model, config)
+    settings = load_hub(**given)
     r = do_rollback(settings, Database(settings.database_url), version)
     console.print(f"release [bold]{r.version}[/] is in service again", highlight=False)
 

@@ -72,6 +72,12 @@ BASE_ARGS = {
     "train": ["-d", "data.jsonl", "-o", "out"],
     "serve": ["--base", "b"],
     "eval": ["-b", "builtin:finance-dev"],
+    "hub rollback": ["2026.01"],
+    "hub user add": ["alice"],
+    "hub user token": ["alice"],
+    "hub user revoke": ["alice"],
+    "alpha backtest": ["rank(close)"],
+    "alpha score": ["answers.txt"],
 }
 
 
