@@ -232,7 +232,7 @@ def main() -> None:
         for _ in range(args.repeats):
             for kind in KINDS:  # interleaved, so a noisy neighbour hits every trainer alike
                 r = run_child(kind, args)
-                r.update(fraction(r["tokens_per_s"], flops, peak))
+                r.update(fraction(r["tokens_per_cpu_s"], flops, peak))
                 runs[kind].append(r)
                 print(f"  {kind:9s} {r['tokens_per_s']:8.0f} real tok/s ({r['tokens_per_cpu_s']:.0f} per CPU-s)  "
                       f"peak RSS {r['peak_rss_mib']:.0f} MiB  eval loss {r['eval_loss']:.4f}", file=sys.stderr)
@@ -261,7 +261,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps(result, indent=2))
     print(f"\n{n_params / 1e6:.1f}M-param Llama, {args.steps} steps x {args.batch_size} x {args.grad_accum} "
           f"examples, {args.threads} thread(s); padded baseline's padding {result['baseline_padding_fraction']:.0%}; "
-          f"fp32 matmul peak {peak:.0f} GFLOP/s\n")
+          f"fp32 matmul peak {peak:.0f} GFLOP per CPU-second\n")
     print("| trainer | real tokens | real tokens/s (wall) | real tokens/CPU-s | peak RSS (MiB) | final train loss "
           "| eval loss | fraction of matmul peak |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
