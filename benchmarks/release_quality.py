@@ -30,7 +30,7 @@ import torch
 
 from quantgrid.data.finance import TOPICS, generate
 from quantgrid.merge import release as R
-from quantgrid.merge.methods import LoraFactors, merge
+from quantgrid.merge.methods import LoraFactors
 from quantgrid.recipe import Recipe
 
 RESULTS = Path(__file__).parent / "results" / "release_quality.json"

@@ -189,6 +189,7 @@ def test_calibration_table_separates_honest_work_from_copies(small_table):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_full_calibration_table(tiny_base, tmp_path):
     table = build_table(tiny_base, tmp_path, n_honest=12, steps=60, long_steps=200)
     assert sum(1 for k, _, _ in table["pairs"] if k == "honest") == 66
