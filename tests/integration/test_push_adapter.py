@@ -104,4 +104,20 @@ def test_push_a_package_sends_it_unchanged_and_bad_input_is_clear(hub, tmp_path)
     assert r.returncode != 0 and "quantgrid package" in r.stderr and "Traceback" not in r.stderr
     shutil.rmtree(d)
     r = cli(env, "push", str(d))
-    assert r.returncode == 2 and "no such file or directory" in r.stderr
+    assert r.returncode != 0 and "no such file or directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_hub_serves_registry_yaml_and_quantgrid_registry_writes_it(hub, tmp_path):
+    import httpx
+    import yaml
+
+    r = httpx.get(f"{hub.url}/v1/registry.yaml", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/yaml")
+    reg = yaml.safe_load(r.text)
+    assert reg["registry_version"] == 1 and reg["source"] == "hub"
+    assert reg["adapters"] == []  # pushes are queued, not accepted, on a hub without a worker
+    env = clean_env(tmp_path / "cfg", QUANTGRID_HUB=hub.url)
+    out = tmp_path / "registry.yaml"
+    r = cli(env, "registry", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert yaml.safe_load(out.read_text())["adapters"] == [] and "0 adapter(s) (hub)" in r.stdout
