@@ -71,20 +71,9 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int | None = None) -
     which then holds from the first byte written, with no window before a chmod.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _umask_mode() if mode is None else mode)
-        with os.fdopen(fd, "wb") as f:
+    with atomic_path(path, mode) as tmp:
+        with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
     return path
 
 
@@ -93,15 +82,16 @@ def atomic_write_text(path: str | Path, text: str, mode: int | None = None) -> P
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success rename it into place, on error delete it.
+def atomic_path(path: str | Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success fsync it, rename it into place, on error delete it.
 
-    For writers (safetensors, gguf, zip) that want a file name rather than bytes.
+    For writers (safetensors, gguf, zip) that want a file name rather than bytes. ``mode`` as in
+    :func:`atomic_write_bytes` (set before anything is written).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _umask_mode())
+    os.fchmod(fd, _umask_mode() if mode is None else mode)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -27,7 +27,24 @@ def clean_env(config_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-class HubProcess:
+class _StoppableProcess:
+    """Shared shutdown: terminate, wait up to 15 s, then SIGKILL; close the log file."""
+
+    proc: subprocess.Popen | None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        if self.proc is not None:
+            self._logf.close()
+        self.proc = None
+
+
+class HubProcess(_StoppableProcess):
     """``quantgrid hub serve`` on 127.0.0.1 with its own storage; restartable on the same port."""
 
     def __init__(self, storage: Path, *, port: int | None = None, args: tuple[str, ...] = (), env: dict | None = None,
@@ -92,19 +109,8 @@ class HubProcess:
         self.proc.wait(timeout=30)
         self._logf.close()
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        if self.proc is not None:
-            self._logf.close()
-        self.proc = None
 
-
-class WorkerProcess:
+class WorkerProcess(_StoppableProcess):
     """``quantgrid hub worker`` as its own process (logs at info level, so each job it starts is listed)."""
 
     def __init__(self, storage: Path, db_url: str, *args: str, env: dict | None = None, name: str = "worker"):
@@ -131,17 +137,6 @@ class WorkerProcess:
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-        if self.proc is not None:
-            self._logf.close()
-        self.proc = None
 
 
 def cli(env: dict, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
