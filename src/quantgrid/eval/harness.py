@@ -97,6 +97,11 @@ class EvalConfig(BaseModel):
     device: str | None = Field(None, description="cpu, cuda, cuda:1... (default: cuda when available)")
     load_in_4bit: bool | None = Field(None, description="load the base in 4-bit NF4 (default: on for CUDA with "
                                       "bitsandbytes)", json_schema_extra={"flag": "--4bit/--no-4bit"})
+    gguf: Path | None = Field(None, description="score this base GGUF through llama.cpp instead of the PyTorch "
+                              "weights (results.json then names its quantization, e.g. Q4_K_M); the tokenizer "
+                              "comes from the base model")
+    gguf_adapter: Path | None = Field(None, description="with --gguf: the adapter as a GGUF LoRA (from `quantgrid "
+                                      "export gguf --adapter`); --adapter still names its directory")
 
     @field_validator("ood", mode="before")
     @classmethod
@@ -122,6 +127,9 @@ class EvalConfig(BaseModel):
     def _adapter_needed(self) -> EvalConfig:
         if self.write_into_adapter and self.adapter is None:
             raise ConfigError("--write-into-adapter needs --adapter", hint="name the adapter directory to write into")
+        if self.gguf_adapter is not None and (self.gguf is None or self.adapter is None):
+            raise ConfigError("--gguf-adapter needs --gguf (the base GGUF) and --adapter (the adapter directory)",
+                              hint="pass --gguf BASE.gguf --adapter DIR --gguf-adapter ADAPTER.gguf")
         return self
 
     @property
@@ -395,6 +403,10 @@ def run_eval(cfg: EvalConfig, *, progress: ProgressFactory | None = None, metric
         if on_warning:
             on_warning(w)
     base = base_info(info.base_path)
+    if cfg.gguf is not None:  # llama.cpp on the GGUF files instead of PyTorch; the same scores otherwise
+        from quantgrid.eval import gguf_loss
+
+        load_for_eval, completion_losses, generate_answers = gguf_loss.backend(cfg)
     # Raises AdapterMismatchError naming both bases, before any weights load.
     model, tokenizer, names = load_for_eval(info.base_path, [cfg.adapter] if cfg.adapter else [],
                                             device=cfg.device, load_in_4bit=cfg.load_in_4bit)
@@ -455,7 +467,7 @@ def run_eval(cfg: EvalConfig, *, progress: ProgressFactory | None = None, metric
         adapter_score = metric_results[adapter_key][cfg.primary_metric].score if adapter_key else None
         higher = pb.higher_is_better
 
-    quant = ("nf4 (4-bit)" if getattr(model, "is_loaded_in_4bit", False)
+    quant = getattr(model, "quantization", None) or ("nf4 (4-bit)" if getattr(model, "is_loaded_in_4bit", False)
              or getattr(getattr(model, "get_base_model", lambda: model)(), "is_loaded_in_4bit", False)
              else str(next(model.parameters()).dtype).replace("torch.", ""))
     if adapter_key and ood_examples is None:

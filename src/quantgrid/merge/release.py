@@ -779,9 +779,6 @@ def _write_meta(d: Path, manifest: dict[str, Any]) -> None:
     from quantgrid.card import CARD, release_card
 
     (d / CARD).write_text(release_card(manifest))  # the Hugging Face model card
-    from quantgrid.card import CARD, release_card
-
-    (d / CARD).write_text(release_card(manifest))  # the Hugging Face model card
 
 
 def _json_safe(x: Any) -> Any:
