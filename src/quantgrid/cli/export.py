@@ -76,6 +76,7 @@ def ollama_cmd(**given: Any) -> None:
     from quantgrid.export.gguf import export_adapter, export_base
     from quantgrid.export.merged import trained_in_4bit
     from quantgrid.export.ollama import modelfile_for, write_modelfile
+    from quantgrid.export.settings import ModelfileSettings
     from quantgrid.ml.models import load_tokenizer
     from quantgrid.recipe import Recipe
 
@@ -91,8 +92,9 @@ def ollama_cmd(**given: Any) -> None:
     manifest = adapter / "quantgrid.json"
     recipe = Recipe.from_dict(json.loads(manifest.read_text())["recipe"]) if manifest.is_file() else Recipe(
         base_model=base_id)
-    write_modelfile(out / "Modelfile", modelfile_for(recipe, from_=from_, adapter="./adapter.gguf",
-                                                     tokenizer=load_tokenizer(base_id)))
+    write_modelfile(out / "Modelfile", modelfile_for(
+        recipe, from_=from_, adapter="./adapter.gguf", tokenizer=load_tokenizer(base_id),
+        settings=ModelfileSettings(**s.model_dump(include=set(ModelfileSettings.model_fields)))))
     if trained_in_4bit(adapter):
         err_console.print("[yellow]warning:[/] this adapter was trained on a 4-bit base; Ollama advises "
                           "non-quantized adapters: expect small differences from training-time behaviour")

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from quantgrid.data.prompts import ALPACA_PREAMBLE
+from quantgrid.export.settings import ModelfileSettings
 
 _QA = "Question: {{ .Prompt }}\nAnswer:{{ if .Response }} {{ .Response }}\n{{ end }}"
 # Go-template twins of quantgrid.data.prompts. `.Prompt` is a user turn, `.Response` the
@@ -42,16 +41,6 @@ TRAINS_WITH_SYSTEM = ("mistral", "chat")  # the others' training prompts have no
 # What would open the next turn: the model must stop before writing it.
 TURN_MARKERS = {"qa": ["\nQuestion:"], "context_qa": ["\nQuestion:"], "alpaca": ["### Instruction:"],
                 "mistral": ["[INST]"], "chat": ["<|user|>"]}
-
-
-class ModelfileSettings(BaseModel):
-    """What ``quantgrid export ollama`` lets the user set in the Modelfile."""
-
-    system: str | None = Field(None, description="SYSTEM prompt (default: the recipe's, for templates trained "
-                               "with one: mistral, chat)")
-    temperature: float = Field(0.2, ge=0.0, le=2.0, description="PARAMETER temperature")
-    top_p: float = Field(0.9, gt=0.0, le=1.0, description="PARAMETER top_p")
-    num_ctx: int | None = Field(None, ge=16, description="PARAMETER num_ctx (default: the recipe's max_seq_length)")
 
 
 @dataclass

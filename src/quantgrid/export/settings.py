@@ -30,7 +30,17 @@ class GGUFExport(_Export):
     outtype: str = Field("f16", description=_OUTTYPE)
 
 
-class OllamaExport(_Export):
+class ModelfileSettings(BaseModel):
+    """What ``quantgrid export ollama`` lets the user set in the Modelfile."""
+
+    system: str | None = Field(None, description="SYSTEM prompt (default: the recipe's, for templates trained "
+                               "with one: mistral, chat)")
+    temperature: float = Field(0.2, ge=0.0, le=2.0, description="PARAMETER temperature")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="PARAMETER top_p")
+    num_ctx: int | None = Field(None, ge=16, description="PARAMETER num_ctx (default: the recipe's max_seq_length)")
+
+
+class OllamaExport(_Export, ModelfileSettings):
     adapter: Path = Field(..., description="adapter (or release) directory")
     out: Path = Field(..., description="output directory for Modelfile, adapter.gguf (and base.gguf)")
     base: str | None = Field(None, description=_BASE)

@@ -122,6 +122,15 @@ def test_cli_ollama_export_prints_create_command(tiny_base, random_adapter, tmp_
     assert res.exit_code == 0, res.output
     assert "ollama create fin -f Modelfile" in res.output
     assert {p.name for p in (tmp_path / "ollama").iterdir()} == {"Modelfile", "adapter.gguf", "base.gguf"}
+    text = (tmp_path / "ollama" / "Modelfile").read_text()
+    assert "PARAMETER temperature 0.2" in text and "SYSTEM" not in text  # the qa recipe has no system prompt
+    res = CliRunner().invoke(app, ["export", "ollama", "--adapter", random_adapter, "--base", tiny_base,
+                                   "--out", str(tmp_path / "o2"), "--from", "llama3", "--system", "Answer briefly.",
+                                   "--temperature", "0.7", "--num-ctx", "512"])
+    assert res.exit_code == 0, res.output
+    text = (tmp_path / "o2" / "Modelfile").read_text()
+    assert 'SYSTEM """Answer briefly."""' in text or "SYSTEM Answer briefly." in text, text
+    assert "PARAMETER temperature 0.7" in text and "PARAMETER num_ctx 512" in text
 
 
 def test_cli_gguf_needs_something_to_export(tmp_path):
