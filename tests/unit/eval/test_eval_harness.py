@@ -156,7 +156,8 @@ def test_cli_eval_prints_table_and_errors_cleanly(tiny_base, trained_adapter, tm
     empty = tmp_path / "e.jsonl"
     empty.write_text("")
     res = runner.invoke(app, ["eval", "--benchmark", str(empty), "--base-model", tiny_base])
-    assert res.exit_code == 2 and "error:" in res.output and "empty" in res.output and "Traceback" not in res.output
+    # an empty benchmark file is a runtime error (exit 1), not a usage error (exit 2)
+    assert res.exit_code == 1 and "error:" in res.output and "empty" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["eval", "--benchmark", str(bench), "--metric", "nope"])
     assert res.exit_code == 2 and "unknown metric 'nope'" in res.output
     res = runner.invoke(app, ["eval", "--benchmark", str(bench), "--write-into-adapter", "--base-model", tiny_base,
