@@ -15,7 +15,7 @@ from quantgrid.merge.methods import merge, relative_error
 
 NOW = dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.timezone.utc)  # Sunday of ISO week 47
 RELEASE_FILES = {"adapter_config.json", "adapter_model.safetensors", "quantgrid.json", "release.json",
-                 "RELEASE_NOTES.md", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json"}
+                 "RELEASE_NOTES.md", "README.md", "chat_template.jinja", "tokenizer.json", "tokenizer_config.json"}
 EQUAL = R.BuildOptions(weighting="equal", rank=4)  # the plain mean at the recipe's rank
 
 
