@@ -28,6 +28,7 @@ from quantgrid.cli import (
     recipe,
     serve,
     train,
+    vllm,
 )
 from quantgrid.cli._common import input_error, os_error, report_error, report_usage_error
 from quantgrid.errors import QuantGridError
@@ -91,7 +92,7 @@ def _root(
 
 # Order is the order of `quantgrid --help`: the contributor journey first.
 for _module in (demo, data, base, recipe, train, evaluate, alpha, package, contrib, contrib_tools, hub, hub_validation,
-                hub_release, hub_gc, serve, export):
+                hub_release, hub_gc, serve, export, vllm):
     _module.register(app)
 
 
