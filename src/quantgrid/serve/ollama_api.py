@@ -29,7 +29,7 @@ from quantgrid.serve.errors import UnsupportedParameter, json_body
 from quantgrid.serve.events import Delta, Done, Failed, TokenLogprob
 from quantgrid.serve.feedback import REQUEST_ID_HEADER
 from quantgrid.serve.generation import Collected, Generation, ServeState, observe, remember, start
-from quantgrid.serve.openai_api import collect_all, get_state, user_of
+from quantgrid.serve.openai_api import collect_finished, get_state, user_of
 from quantgrid.serve.security import require_api_key
 from quantgrid.serve.upstream import GenSpec
 
@@ -110,9 +110,7 @@ async def _respond(request: Request, state: ServeState, body: T._Generating, spe
         return {"message": Message(content=text)} if chat else {"response": text}
 
     if not body.stream:
-        r: Collected = (await collect_all(request, [gen]))[0]
-        observe(state, "ollama", gen, r.done)
-        remember(state, rid, spec, [gen], [r.text])
+        r: Collected = (await collect_finished(request, state, "ollama", rid, spec, [gen]))[0]
         out = _final(body.model, gen, r.done, r.t_end, piece(r.text), _logprobs(r.logprobs, k))
         return JSONResponse(out.model_dump(mode="json", exclude_none=True), headers=headers)
 

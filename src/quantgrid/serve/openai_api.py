@@ -126,6 +126,16 @@ async def collect_all(request: Request, gens: list[Generation]) -> list[Collecte
             await g.events.aclose()
 
 
+async def collect_finished(request: Request, state: ServeState, api: str, rid: str, spec: GenSpec,
+                           gens: list[Generation]) -> list[Collected]:
+    """collect_all for a non-streaming answer, then count it in /metrics and keep it for feedback."""
+    results = await collect_all(request, gens)
+    for g, r in zip(gens, results, strict=True):
+        observe(state, api, g, r.done)
+    remember(state, rid, spec, gens, [r.text for r in results])
+    return results
+
+
 def sse(obj) -> str:
     data = obj.model_dump_json() if hasattr(obj, "model_dump_json") else json.dumps(obj)
     return f"data: {data}\n\n"
@@ -196,10 +206,7 @@ async def completions(request: Request, body: T.CompletionRequest = Depends(json
     rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     headers = {**gens[0].headers(), REQUEST_ID_HEADER: rid}
     if not body.stream:
-        results = await collect_all(request, gens)
-        for g, r in zip(gens, results, strict=True):
-            observe(state, "openai", g, r.done)
-        remember(state, rid, spec, gens, [r.text for r in results])
+        results = await collect_finished(request, state, "openai", rid, spec, gens)
         out = T.Completion(id=rid, created=created, model=body.model, usage=usage_of(results), choices=[
             T.CompletionChoice(index=i, text=r.text, finish_reason=finish(r.done.finish_reason),
                                logprobs=completion_logprobs(r.logprobs, k or 0))
@@ -241,10 +248,7 @@ async def chat_completions(request: Request,
     rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     headers = {**gens[0].headers(), REQUEST_ID_HEADER: rid}
     if not body.stream:
-        results = await collect_all(request, gens)
-        for g, r in zip(gens, results, strict=True):
-            observe(state, "openai", g, r.done)
-        remember(state, rid, spec, gens, [r.text for r in results])
+        results = await collect_finished(request, state, "openai", rid, spec, gens)
         out = T.ChatCompletion(id=rid, created=created, model=body.model, usage=usage_of(results), choices=[
             T.ChatChoice(index=i, message=T.AssistantMessage(content=r.text), finish_reason=finish(r.done.finish_reason),
                          logprobs=chat_logprobs(r.logprobs, k or 0))
