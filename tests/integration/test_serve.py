@@ -6,6 +6,7 @@ started as a separate process through the CLI, so fallback goes over real HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -67,6 +68,25 @@ def _wait_healthy(url: str, timeout: float = 120, proc: subprocess.Popen | None 
     raise TimeoutError(url)
 
 
+@contextlib.contextmanager
+def serve_process(*args: str, env: dict[str, str] | None = None):
+    """`quantgrid serve ARGS --port P` as a separate process on 127.0.0.1; yields its URL."""
+    sock = _free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    cli = shutil.which("quantgrid", path=str(Path(sys.executable).parent)) or "quantgrid"
+    proc = subprocess.Popen([cli, "serve", *args, "--port", str(port), "--log-level", "warning"],
+                            env={**(os.environ if env is None else env), "LOCAL_PYTORCH_ENABLED": "true"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc=proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="module")
 def crypto(tiny_base, tmp_path_factory) -> Path:
     return _adapter(tiny_base, tmp_path_factory.mktemp("ad") / "crypto", 2, "Crypto: bitcoin, ethereum, funding")
@@ -75,21 +95,8 @@ def crypto(tiny_base, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def upstream_url(tiny_base, crypto):
     """A second quantgrid server, a separate process started with `quantgrid serve`."""
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    cli = shutil.which("quantgrid", path=str(Path(sys.executable).parent)) or "quantgrid"
-    env = {**os.environ, "LOCAL_PYTORCH_ENABLED": "true"}
-    proc = subprocess.Popen([cli, "serve", "--base", tiny_base, "--adapter", f"crypto={crypto}", "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc=proc)
+    with serve_process("--base", tiny_base, "--adapter", f"crypto={crypto}") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 class _ThreadServer:

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,7 +18,7 @@ openai = pytest.importorskip("openai")
 ollama = pytest.importorskip("ollama")
 pytest.importorskip("torch")
 
-from test_serve import _adapter, _free_socket, _wait_healthy  # noqa: E402
+from test_serve import _adapter, serve_process  # noqa: E402
 
 KEY = "test-key-123"
 
@@ -29,21 +26,9 @@ KEY = "test-key-123"
 @pytest.fixture(scope="module")
 def server(tiny_base, tmp_path_factory):
     crypto = _adapter(tiny_base, tmp_path_factory.mktemp("ad") / "crypto", 2, "Crypto: bitcoin, ethereum, funding")
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
-    cli = shutil.which("quantgrid", path=str(Path(sys.executable).parent)) or "quantgrid"
     env = {k: v for k, v in os.environ.items() if k != "QUANTGRID_API_KEY"}
-    proc = subprocess.Popen([cli, "serve", "--base", tiny_base, "--adapter", f"crypto={crypto}", "--port", str(port),
-                             "--api-key", KEY, "--log-level", "warning"], env={**env, "LOCAL_PYTORCH_ENABLED": "true"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc=proc)
+    with serve_process("--base", tiny_base, "--adapter", f"crypto={crypto}", "--api-key", KEY, env=env) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
