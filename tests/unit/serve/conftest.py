@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from serve_helpers import engine_with
 
 torch = pytest.importorskip("torch")
 
@@ -43,11 +44,7 @@ def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def engine(tiny_base, adapters):
-    from quantgrid.serve.engine import Engine
-
-    eng = Engine.from_base(tiny_base, max_batch=8, max_slots=2)
-    for name, path in adapters.items():
-        eng.register_adapter(name, path)
+    eng = engine_with(tiny_base, adapters, max_batch=8, max_slots=2)
     eng.start()
     yield eng
     eng.stop()

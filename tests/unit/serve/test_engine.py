@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from serve_helpers import peft_with
 
 from quantgrid.errors import ConfigError, ModelError, NotFound
 from quantgrid.serve.engine import Delta, Done, GenRequest
@@ -17,16 +18,7 @@ PROMPTS = ["The stock price of", "What is the yield to maturity of a bond", "Opt
 
 @pytest.fixture(scope="module")
 def peft_model(tiny_base, adapters):
-    from peft import PeftModel
-
-    from quantgrid.ml.models import load_base
-
-    model, tok = load_base(tiny_base)
-    names = list(adapters)
-    pm = PeftModel.from_pretrained(model, str(adapters[names[0]]), adapter_name=names[0])
-    for n in names[1:]:
-        pm.load_adapter(str(adapters[n]), adapter_name=n)
-    return pm, tok
+    return peft_with(tiny_base, adapters)
 
 
 def peft_greedy(pm, tok, prompt: str, adapter: str | None, n: int) -> str:

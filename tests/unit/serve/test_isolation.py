@@ -13,6 +13,7 @@ import time
 
 import httpx
 import pytest
+from serve_helpers import engine_with
 
 from quantgrid.errors import PayloadTooLarge
 from quantgrid.serve.engine import Delta, Done, Failed, GenRequest
@@ -43,11 +44,7 @@ def finished(events) -> bool:
 def cold_engine(tiny_base, adapters):
     """An engine whose scheduler is not running yet: requests submitted before ``start``
     are admitted together, in one batch."""
-    from quantgrid.serve.engine import Engine
-
-    eng = Engine.from_base(tiny_base, max_batch=8, max_slots=1)
-    for name, path in adapters.items():
-        eng.register_adapter(name, path)
+    eng = engine_with(tiny_base, adapters, max_batch=8, max_slots=1)
     yield eng
     eng.stop()
 

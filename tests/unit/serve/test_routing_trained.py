@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from serve_helpers import engine_with
 from serve_trained import HELD_OUT_SEED, TRAINED_SPECS
 
 from quantgrid.data.finance import general_ood, generate
@@ -19,12 +20,7 @@ from quantgrid.serve.router import Router, profile_scores
 
 @pytest.fixture(scope="module")
 def routed(tiny_base, trained_adapters):
-    from quantgrid.serve.engine import Engine
-
-    eng = Engine.from_base(tiny_base, max_slots=2)
-    for name, path in trained_adapters.items():
-        eng.register_adapter(name, path)
-    return eng
+    return engine_with(tiny_base, trained_adapters, max_slots=2)
 
 
 def test_the_manifest_records_a_profile_without_rare_words(trained_adapters):

@@ -13,6 +13,7 @@ import json
 
 import pytest
 import torch
+from serve_helpers import engine_with, peft_with
 from serve_trained import TRAINED_SPECS
 
 from quantgrid.data import Example
@@ -48,11 +49,7 @@ def training_prompt_ids(tok, messages, template: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def served(tiny_base, trained_adapters):
-    from quantgrid.serve.engine import Engine
-
-    eng = Engine.from_base(tiny_base, max_batch=8, max_slots=3)
-    for name, path in trained_adapters.items():
-        eng.register_adapter(name, path)
+    eng = engine_with(tiny_base, trained_adapters, max_batch=8, max_slots=3)
     eng.start()
     yield eng
     eng.stop()
@@ -60,15 +57,7 @@ def served(tiny_base, trained_adapters):
 
 @pytest.fixture(scope="module")
 def peft_trained(tiny_base, trained_adapters):
-    from peft import PeftModel
-
-    from quantgrid.ml.models import load_base
-
-    model, tok = load_base(tiny_base)
-    names = list(trained_adapters)
-    pm = PeftModel.from_pretrained(model, str(trained_adapters[names[0]]), adapter_name=names[0])
-    for n in names[1:]:
-        pm.load_adapter(str(trained_adapters[n]), adapter_name=n)
+    pm, tok = peft_with(tiny_base, trained_adapters)
     pm.eval()
     return pm, tok
 
