@@ -143,7 +143,9 @@ def child(kind: str, args: argparse.Namespace) -> dict:
         seen["real"] += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         seen["padded"] += inputs["input_ids"].numel()
 
-    class InOrder(Trainer):
+    class InOrder:
+        """Mixed into a Trainer: quantgrid's example order, and the tokens of each step counted."""
+
         def _get_train_sampler(self, *a, **k):
             return SequentialSampler(self.train_dataset)
 
@@ -162,13 +164,8 @@ def child(kind: str, args: argparse.Namespace) -> dict:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        class SFTInOrder(SFTTrainer):
-            def _get_train_sampler(self, *a, **k):
-                return SequentialSampler(self.train_dataset)
-
-            def training_step(self, model, inputs, *a, **k):
-                count(inputs)
-                return super().training_step(model, inputs, *a, **k)
+        class SFTInOrder(InOrder, SFTTrainer):
+            pass
 
         # Already tokenized (our exact ids): "completion_mask" marks the tokens the loss is taken on.
         data = Dataset.from_list([{"input_ids": r["input_ids"], "completion_mask": [int(x != -100) for x in r["labels"]]}
@@ -178,7 +175,10 @@ def child(kind: str, args: argparse.Namespace) -> dict:
     else:
         collate = (DataCollatorWithFlattening() if kind == "hf_flat"
                    else DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
-        trainer = InOrder(model=model, args=TrainingArguments(**hf_args), train_dataset=rows, data_collator=collate)
+        class HFInOrder(InOrder, Trainer):
+            pass
+
+        trainer = HFInOrder(model=model, args=TrainingArguments(**hf_args), train_dataset=rows, data_collator=collate)
     tick, cpu_tick = time.perf_counter(), time.process_time()
     trainer.train()
     seconds, cpu_seconds = time.perf_counter() - tick, time.process_time() - cpu_tick
