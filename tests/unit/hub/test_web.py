@@ -137,3 +137,14 @@ def test_releases_page_plots_hidden_loss_by_release_with_notes_and_downloads(cli
     assert "2026.48 (in service)" in page and "/v1/releases/2026.47/download" in page
     assert "2.512<" in page and "2.401<" in page and "2.51234" not in page  # rounded to score_decimals
     assert "&lt;b&gt;bold" in page and "2026.49" not in page
+
+
+def test_wrong_tokens_on_the_login_form_are_rate_limited_like_the_api(client, app):
+    from quantgrid.hub.server.ratelimit import RateLimiter
+
+    form = client.get("/login")
+    nonce = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)
+    app.state.limiter = RateLimiter(app.state.db, per_minute=60, burst=3)
+    codes = [client.post("/login", data={"token": f"qg_guess{i}", "csrf": nonce}, follow_redirects=False).status_code
+             for i in range(4)]
+    assert codes == [303, 303, 303, 429]  # guessing tokens through the page costs what it costs on /v1

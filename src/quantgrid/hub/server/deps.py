@@ -49,14 +49,21 @@ def _client_key(request: Request) -> str:
     return f"ip:{request.client.host if request.client else 'unknown'}"
 
 
-async def current_user(request: Request) -> Principal:
+async def authenticate_charged(request: Request, token: str | None) -> Principal:
+    """The token's user, charging the rate limit: a failed login counts against the IP, a request
+    against the user. Every way in (bearer header, the web pages' cookie and login form) uses it."""
     limiter = request.app.state.limiter
     try:
-        user = await run_in_threadpool(authenticate, request.app.state.db, _bearer(request))
+        user = await run_in_threadpool(authenticate, request.app.state.db, token)
     except AuthError:
-        await run_in_threadpool(limiter.hit, _client_key(request))  # failed logins count against the IP
+        await run_in_threadpool(limiter.hit, _client_key(request))
         raise
     await run_in_threadpool(limiter.hit, f"user:{user.id}")
+    return user
+
+
+async def current_user(request: Request) -> Principal:
+    user = await authenticate_charged(request, _bearer(request))
     request.state.user = user
     return user
 

@@ -79,15 +79,16 @@ def distinct_counts(rows, threshold: float) -> dict[int, int]:
     return out
 
 
-def list_adapters(db: Database, limit: int = 100) -> list[AdapterOut]:
+def list_adapters(db: Database, limit: int = 100, owner: str | None = None) -> list[AdapterOut]:
+    """Accepted adapters, newest first; only ``owner``'s when given."""
     with db.read() as s:
         up = select(Vote.adapter_id, func.count().label("n")).group_by(Vote.adapter_id).subquery()
-        rows = s.execute(
-            select(Adapter, User.name, func.coalesce(up.c.n, 0))
-            .join(User, User.id == Adapter.user_id)
-            .outerjoin(up, up.c.adapter_id == Adapter.id)
-            .order_by(Adapter.id.desc()).limit(limit)
-        ).all()
+        q = (select(Adapter, User.name, func.coalesce(up.c.n, 0))
+             .join(User, User.id == Adapter.user_id)
+             .outerjoin(up, up.c.adapter_id == Adapter.id))
+        if owner is not None:
+            q = q.where(User.name == owner)
+        rows = s.execute(q.order_by(Adapter.id.desc()).limit(limit)).all()
     return [AdapterOut(id=a.id, owner=name, score=a.score, impact=a.impact, upvotes=n, accepted_at=a.accepted_at)
             for a, name, n in rows]
 

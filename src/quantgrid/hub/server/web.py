@@ -30,15 +30,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from starlette.concurrency import run_in_threadpool
 
 from quantgrid import __version__
 from quantgrid.errors import AuthError, QuantGridError
 from quantgrid.hub.server import leaderboard as lb
 from quantgrid.hub.server import submissions as subs
-from quantgrid.hub.server.auth import Principal, authenticate
+from quantgrid.hub.server.auth import Principal
 from quantgrid.hub.server.db import Database
-from quantgrid.hub.server.deps import get_db, get_settings
+from quantgrid.hub.server.deps import authenticate_charged, get_db, get_settings, optional_user
 from quantgrid.hub.settings import HubSettings
 
 SESSION_COOKIE = "qg_session"
@@ -64,17 +63,13 @@ def csrf_for(session_token: str) -> str:
 
 async def web_user(request: Request) -> Principal | None:
     """The signed-in user from the session cookie (None if absent or no longer valid); rate-limited like the API."""
-    limiter = request.app.state.limiter
     token = request.cookies.get(SESSION_COOKIE)
     if not token:
-        await run_in_threadpool(limiter.hit, f"ip:{request.client.host if request.client else 'unknown'}")
-        return None
+        return await optional_user(request)  # no bearer header on a page: charged as anonymous
     try:
-        user = await run_in_threadpool(authenticate, request.app.state.db, token)
+        return await authenticate_charged(request, token)
     except AuthError:
         return None
-    await run_in_threadpool(limiter.hit, f"user:{user.id}")
-    return user
 
 
 WebUser = Annotated[Principal | None, Depends(web_user)]
@@ -121,7 +116,7 @@ def contributor_page(request: Request, name: str, db: DB, settings: Settings, us
     entry = next((e for e in lb.leaderboard(db, settings, limit=100_000).entries if e.contributor == name), None)
     if entry is None:
         return _page(request, "missing.html", user, status=404, what=f"contributor {name}")
-    adapters = [a for a in lb.list_adapters(db, limit=1000) if a.owner == name]
+    adapters = lb.list_adapters(db, limit=1000, owner=name)
     return _page(request, "contributor.html", user, entry=entry, adapters=adapters)
 
 
@@ -181,13 +176,13 @@ def login_form(request: Request, user: WebUser) -> HTMLResponse:
 
 
 @router.post("/login")
-def login(request: Request, db: DB, token: Annotated[str, Form(max_length=200)],
-          csrf: Annotated[str, Form(max_length=200)]) -> Response:
+async def login(request: Request, token: Annotated[str, Form(max_length=200)],
+                csrf: Annotated[str, Form(max_length=200)]) -> Response:
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not hmac.compare_digest(expected, csrf):
         return _redirect("/login", "csrf")
     try:
-        authenticate(db, token.strip())
+        await authenticate_charged(request, token.strip())  # a wrong token counts against the IP
     except AuthError:
         return _redirect("/login", "badtoken")
     response = _redirect("/")
