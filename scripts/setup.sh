@@ -14,8 +14,9 @@ if [ "$extras" = dev ]; then
   # built wheel, so later runs reuse it. The build is portable AVX2 rather than
   # -march=native: a native build on AMX CPUs emits AMX kernels for q8_0 that crash where
   # the kernel/sandbox does not grant AMX tile state.
+  # scripts/constraints-dev.txt pins the whole dev set: see its header for why.
   export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
-  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" python -m pip install -q -e ".[all,dev]"
+  CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" python -m pip install -q -c scripts/constraints-dev.txt -e ".[all,dev]"
 else
   python -m pip install -q -e ".[$extras]"
 fi
