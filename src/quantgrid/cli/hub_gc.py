@@ -40,7 +40,7 @@ def gc(**given: Any) -> None:
     verb = "would remove" if dry_run else "removed"
     for sha in report.blobs:
         typer.echo(f"{verb} blob {sha}")
-    for path in report.staging + report.temp_dirs:
+    for path in report.release_objects + report.staging + report.temp_dirs:
         typer.echo(f"{verb} {path}")
     typer.echo(report.summary().replace("removed", verb, 1))
 

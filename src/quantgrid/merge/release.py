@@ -32,6 +32,7 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -342,7 +343,7 @@ def leave_one_out(ev: Evaluator, contribs: Sequence[Contribution], recipe: Recip
                 base_loss = ev.losses([None])[None].mean
             out[person] = base_loss - release_loss
             continue
-        with tempfile.TemporaryDirectory(prefix="qg-loo-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"qg-loo-{os.getpid()}-") as tmp:
             res, _ = merge_contributions(rest, recipe, opts)
             write_adapter(Path(tmp), res.factors, res.rank, base_model=recipe.base_model,
                           target_modules=recipe.lora.target_modules)
@@ -513,7 +514,7 @@ def trial_merge(current_release_dir: str | Path, candidate_dir: str | Path, out_
     cfg = json.loads((cur / "adapter_config.json").read_text())
     res = merge([read_factors(cur), read_factors(candidate_dir)], [n / (n + 1), 1 / (n + 1)], method=method,
                 rank=int(cfg["r"]))
-    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="qg-trial-"))
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix=f"qg-trial-{os.getpid()}-"))
     out.mkdir(parents=True, exist_ok=True)
     write_adapter(out, res.factors, res.rank, base_model=cfg.get("base_model_name_or_path", ""),
                   target_modules=cfg["target_modules"])
@@ -706,7 +707,7 @@ def run_release(contribs: Sequence[Contribution], store: ReleaseStore, *, recipe
     version = calver(now, store.versions() if existing_versions is None else existing_versions)
     previous_dir = previous_dir if previous_dir is not None else store.current_dir()
     log(f"building {version} from {len(contribs)} adapter(s) with {opts.method}")
-    with tempfile.TemporaryDirectory(prefix="qg-release-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"qg-release-{os.getpid()}-") as tmp:
         work = Path(tmp) / version
         work.mkdir()
         scratch = Path(tmp) / "scratch"

@@ -158,9 +158,8 @@ def test_gc_and_startup_remove_orphans_and_crash_leftovers_only(tmp_path, monkey
     staging = settings.storage_dir / "releases" / ".2026.49.k2j3.partial"
     staging.mkdir(parents=True)
     (staging / "adapter_model.safetensors").write_bytes(b"half")
-    temp = tmp_path / "systmp" / "qg-release-abc123"
+    temp = tmp_path / "systmp" / f"qg-release-{_dead_pid()}-abc123"
     (temp / "2026.49").mkdir(parents=True)
-    os.utime(temp, (an_hour_ago, an_hour_ago))
     (blobs.tmp_dir / f"upload-{_dead_pid()}-x.tmp").write_bytes(b"half an upload")
 
     dry = collect(settings, db, blobs, dry_run=True)
@@ -191,6 +190,40 @@ def test_gc_keeps_staging_while_a_job_of_this_host_runs(tmp_path):
     jobs.claim(db, jobs.default_worker_id(), ["release"], lease_seconds=600)  # a live release, this process
     report = collect(settings, db, BlobStore(settings.blob_dir), grace_s=0, temp_root=tmp_path)
     assert report.kept_busy and staging.exists()
+    db.dispose()
+
+
+def test_gc_removes_engine_temp_dirs_of_dead_processes_only(tmp_path):
+    """The system temp dir is shared: another hub's live release must keep its temp dirs."""
+    import os
+    import time
+
+    from quantgrid.hub.server.db import Database
+    from quantgrid.hub.server.gc import collect
+    from quantgrid.hub.server.storage import BlobStore
+    from quantgrid.hub.settings import HubSettings
+
+    settings = HubSettings.load(storage_dir=tmp_path / "hub", worker_enabled=False)
+    db = Database(settings.database_url)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # another hub, mid-release
+    try:
+        root = tmp_path / "systmp"
+        dead = [root / f"{k}{_dead_pid()}-x1" for k in ("qg-release-", "qg-trial-", "qg-loo-")]
+        live = [root / f"qg-release-{other.pid}-x2", root / f"qg-loo-{os.getpid()}-x3"]
+        legacy_old, legacy_new = root / "qg-release-abcd", root / "qg-trial-efgh"
+        unrelated = root / f"qg-releases-{_dead_pid()}-x4"
+        for d in (*dead, *live, legacy_old, legacy_new, unrelated):
+            d.mkdir(parents=True)
+        two_days_ago = time.time() - 2 * 86400
+        for d in (*live, legacy_old, unrelated):
+            os.utime(d, (two_days_ago, two_days_ago))  # age alone never removes a live process's dir
+        report = collect(settings, db, BlobStore(settings.blob_dir), grace_s=0, temp_root=root)
+        assert sorted(report.temp_dirs) == sorted(str(d) for d in (*dead, legacy_old))
+        assert not any(d.exists() for d in (*dead, legacy_old))
+        assert all(d.exists() for d in (*live, legacy_new, unrelated))
+    finally:
+        other.kill()
+        other.wait()
     db.dispose()
 
 

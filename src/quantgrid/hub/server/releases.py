@@ -13,6 +13,14 @@ complete directory into place, then commits one transaction (new row current, th
 not, adapter impacts), then moves the pointer file: a crash anywhere keeps the previous
 release in service.
 
+With object storage (``storage_url: s3://bucket/prefix``) the release is also uploaded as
+one archive beside the blobs before that transaction (``storage.ReleaseArchives``: temp key,
+then final key named by its sha256), and the row records the object's URL. Downloads stream
+it from there, and every host that needs the files (workers, the next release) unpacks a
+verified copy: nothing depends on the directory of the host that built the release. An
+archive uploaded by a release that crashed before its commit is named by no row: never
+served, and removed by ``quantgrid hub gc``.
+
 The scheduler (``release_schedule`` setting: a cron expression in UTC, by default
 ``"0 3 * * SUN"``, weekly; ``"off"`` turns it off) runs in the hub
 process: at startup and every minute it enqueues one ``release`` job per due slot (the
@@ -35,14 +43,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import select, update
 
 from quantgrid.errors import NotFound
 from quantgrid.hub import schemas as S
 from quantgrid.hub.server.db import Database
-from quantgrid.hub.server.deps import OptionalUser, get_db, get_settings
+from quantgrid.hub.server.deps import OptionalUser, get_blobs, get_db, get_settings
 from quantgrid.hub.server.models import Adapter, Job, Release, User, utcnow
+from quantgrid.hub.server.storage import BlobStore, ReleaseArchives, open_release_archives
 from quantgrid.hub.settings import HubSettings
 from quantgrid.utils import atomic_path
 
@@ -87,6 +96,40 @@ def current_release(db: Database) -> Release | None:
         return s.scalar(select(Release).where(Release.is_current.is_(True)))
 
 
+def release_dir(settings: HubSettings, release: Release) -> Path | None:
+    """A local directory with ``release``'s files: its own directory, or (object storage) a
+    verified copy of its archive. None when its files are gone."""
+    if ReleaseArchives.is_ref(release.path):
+        archives = open_release_archives(settings)
+        if archives is None:
+            raise NotFound(f"release {release.version} is in object storage ({release.path}) but the hub's "
+                           "storage_url is a local directory", hint="hub admin: set storage_url back")
+        return archives.local_dir(release.path)
+    d = Path(release.path) if release.path else None
+    return d if d is not None and (d / "adapter_model.safetensors").is_file() else None
+
+
+def current_release_dir(settings: HubSettings, db: Database) -> Path | None:
+    """The files of the release in service (what a validation's trial merge uses), or None."""
+    cur = current_release(db)
+    return release_dir(settings, cur) if cur is not None else None
+
+
+def published_release_dirs(settings: HubSettings, db: Database) -> list:
+    """Every published release as ``PublishedRelease`` (version, local files), oldest first."""
+    from quantgrid.hub.validate import PublishedRelease
+    from quantgrid.merge.release import version_key
+
+    with db.read() as s:
+        rows = list(s.scalars(select(Release).where(Release.status == "published")))
+    out = []
+    for r in sorted(rows, key=lambda r: version_key(r.version)):
+        d = release_dir(settings, r)
+        if d is not None:
+            out.append(PublishedRelease(r.version, d))
+    return out
+
+
 # ------------------------------------------------------------------ release / rollback
 
 
@@ -113,7 +156,8 @@ def _release_locked(settings, db, store, *, dry_run, method, rank, weighting, lo
     with db.read() as s:
         existing = list(s.scalars(select(Release.version)))
     cur = current_release(db)
-    previous_dir = Path(cur.path) if cur is not None and cur.path else None
+    previous_dir = release_dir(settings, cur) if cur is not None and cur.path else None
+    archives = open_release_archives(settings)
     if cur is not None and not dry_run:
         released = {str(a.get("id")) for a in (cur.manifest or {}).get("adapters", [])}
         if {c.id for c in contribs} <= released:
@@ -127,9 +171,11 @@ def _release_locked(settings, db, store, *, dry_run, method, rank, weighting, lo
         from quantgrid.merge.release import release_notes
 
         impact = manifest.get("impact") or {}
+        # Object storage: the archive is complete at its final key before the row names it.
+        where = archives.put(version, path) if archives is not None else str(path)
         with db.write() as s:
             s.execute(update(Release).values(is_current=False))
-            s.add(Release(version=version, status="published", path=str(path), manifest=manifest,
+            s.add(Release(version=version, status="published", path=where, manifest=manifest,
                           metrics=manifest.get("metrics"), notes=release_notes(manifest), is_current=True,
                           published_at=utcnow()))
             # The leaderboard sums impact over a contributor's adapters: split each
@@ -160,13 +206,20 @@ def rollback(settings: HubSettings, db: Database, version: str) -> Release:
             known = ", ".join(s.scalars(select(Release.version).where(Release.status == "published"))) or "none"
             raise NotFound(f"release {version} is not a published release of this hub",
                            hint=f"published releases: {known} (`quantgrid releases` lists them)")
-        if not target.path or not (Path(target.path) / "adapter_model.safetensors").is_file():
+        if ReleaseArchives.is_ref(target.path):
+            archives = open_release_archives(settings)
+            present = archives is not None and archives.exists(target.path)
+        else:
+            present = bool(target.path) and (Path(target.path) / "adapter_model.safetensors").is_file()
+        if not present:
             raise NotFound(f"release {version}'s files are missing from {target.path}")
         s.execute(update(Release).values(is_current=False))
         target.is_current = True
         s.flush()
         s.expunge(target)
-    ReleaseStore(release_root(settings)).set_current(version)
+    store = ReleaseStore(release_root(settings))
+    if version in store.versions():  # with object storage this host may hold no copy of it
+        store.set_current(version)
     return target
 
 
@@ -177,7 +230,20 @@ def sync_current_file(settings: HubSettings, db: Database) -> None:
     cur = current_release(db)
     store = ReleaseStore(release_root(settings))
     if cur is not None and store.current() != cur.version and cur.version in store.versions():
+        # With object storage this host's directory may be another build's: mirror only one
+        # whose files are the row's.
+        if ReleaseArchives.is_ref(cur.path) and not _same_files(store.root / cur.version, cur):
+            return
         store.set_current(cur.version)
+
+
+def _same_files(d: Path, release: Release) -> bool:
+    import json
+
+    try:
+        return json.loads((d / "release.json").read_text()) == json.loads(json.dumps(release.manifest))
+    except (OSError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------ job + scheduler
@@ -249,6 +315,7 @@ async def _lifespan(app: FastAPI):
 router = APIRouter(prefix="/v1/releases", tags=["releases"], lifespan=_lifespan)
 DB = Annotated[Database, Depends(get_db)]
 Settings = Annotated[HubSettings, Depends(get_settings)]
+Blobs = Annotated[BlobStore, Depends(get_blobs)]
 Version = Annotated[str, PathParam(pattern=VERSION_PATTERN, description="CalVer YYYY.WW or YYYY.WW.N")]
 
 
@@ -292,9 +359,23 @@ def get_release(version: Version, db: DB, _user: OptionalUser) -> S.ReleaseOut:
 
 @router.get("/{version}/download", response_class=FileResponse,
             responses={200: {"content": {"application/zip": {}}, "description": "the release as a zip"}})
-def download(version: Version, db: DB, settings: Settings, _user: OptionalUser) -> FileResponse:
+def download(version: Version, db: DB, settings: Settings, blobs: Blobs, _user: OptionalUser):
     """The release's PEFT adapter directory (with release.json and notes) as a zip."""
     r = _published(db, version)
+    filename = f"quantgrid-release-{version}.zip"
+    if ReleaseArchives.is_ref(r.path):
+        archives = open_release_archives(settings, blobs)
+        if archives is None:
+            raise NotFound(f"release {version}'s files are missing on the hub", hint="tell the hub admin")
+        f = archives.open(r.path)  # opened here: a missing object is a 404, not a broken stream
+
+        def stream():
+            with f:
+                while block := f.read(1 << 20):
+                    yield block
+
+        return StreamingResponse(stream(), media_type="application/zip",
+                                 headers={"Content-Disposition": f'attachment; filename="{filename}"'})
     src = Path(r.path or "")
     if not (src / "adapter_model.safetensors").is_file():
         raise NotFound(f"release {version}'s files are missing on the hub", hint="tell the hub admin")
@@ -304,4 +385,4 @@ def download(version: Version, db: DB, settings: Settings, _user: OptionalUser) 
             for p in sorted(src.iterdir()):
                 if p.is_file() and not p.name.startswith("."):
                     zf.write(p, p.name)
-    return FileResponse(cached, media_type="application/zip", filename=f"quantgrid-release-{version}.zip")
+    return FileResponse(cached, media_type="application/zip", filename=filename)

@@ -38,18 +38,12 @@ SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 TMP_GLOB = "upload-*.tmp"
 
 
-class StorageUnavailable(HubError):
+class StorageUnavailable(HubError, code="storage_unavailable", http_status=503):
     """The hub cannot read or write its storage (read-only volume, permissions, unreachable bucket)."""
 
-    http_status = 503
-    code = "storage_unavailable"
 
-
-class InsufficientStorage(HubError):
+class InsufficientStorage(HubError, code="insufficient_storage", http_status=507):
     """The hub's storage is full."""
-
-    http_status = 507
-    code = "insufficient_storage"
 
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -319,3 +313,181 @@ def open_blob_store(settings) -> BlobStore:
         local = Path(url.removeprefix("file://")).expanduser()
         return BlobStore(local, tmp_dir=local / "tmp")
     return FsspecBlobStore(url, tmp_dir, settings.storage_options)
+
+
+# ------------------------------------------------------------------ release archives
+
+
+RELEASE_PREFIX = "releases"
+RELEASE_TMP = f"{RELEASE_PREFIX}/.tmp"
+_RELEASE_KEY_RE = re.compile(r"^(\d{4}\.\d{2}(?:\.\d+)?)/([0-9a-f]{64})\.zip$")
+_RELEASE_FILE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def release_zip(src: Path, out: Path) -> str:
+    """Zip a release directory's files (top level, no dot files) into ``out``; returns its sha256.
+
+    The same archive is what ``GET /v1/releases/{version}/download`` serves.
+    """
+    import zipfile
+
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(src.iterdir()):
+            if p.is_file() and not p.name.startswith("."):
+                zf.write(p, p.name)
+    h = hashlib.sha256()
+    with open(out, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+class ReleaseArchives:
+    """Published releases in object storage, beside the blobs: one zip per release at
+    ``<prefix>/releases/<version>/<sha256>.zip``.
+
+    A release is written whole or not at all: the zip goes to a temp key
+    (``releases/.tmp/<version>-<pid>-<random>.zip``) and is then copied to its final key, so
+    a final key only ever holds a complete archive. The database row names the exact object
+    (``Release.path`` is its URL, the sha256 in the name): an object uploaded by a release that
+    crashed before its database commit is named by no row, is never served or used, and goes
+    with ``quantgrid hub gc`` once past the grace. Readers verify the bytes against the name.
+
+    Hosts that need the files (a worker's trial merge, the next release's comparison) unpack
+    a verified copy into ``cache_dir/<sha256>/`` once.
+    """
+
+    def __init__(self, fs, prefix: str, scheme: str, cache_dir: str | Path, tmp_dir: str | Path):
+        self.fs, self.prefix, self.scheme = fs, prefix.rstrip("/"), scheme
+        self.cache_dir, self.tmp_dir = Path(cache_dir), Path(tmp_dir)
+
+    # ---- names
+    def key(self, version: str, sha256: str) -> str:
+        return f"{self.prefix}/{RELEASE_PREFIX}/{version}/{sha256}.zip"
+
+    def url(self, key: str) -> str:
+        return f"{self.scheme}://{key}"
+
+    def parse(self, ref: str) -> tuple[str, str, str]:
+        """(key, version, sha256) of a ``Release.path`` this store wrote."""
+        key = ref.split("://", 1)[-1]
+        base = f"{self.prefix}/{RELEASE_PREFIX}/"
+        m = _RELEASE_KEY_RE.match(key[len(base):]) if key.startswith(base) else None
+        if m is None:
+            raise NotFound(f"release object {ref!r} is not in this hub's storage ({self.url(self.prefix)})",
+                           hint="hub admin: storage_url changed since this release was published; set it back "
+                                "or copy the release objects")
+        return key, m.group(1), m.group(2)
+
+    @staticmethod
+    def is_ref(path: str | None) -> bool:
+        return bool(path) and "://" in path
+
+    # ---- writing
+    def put(self, version: str, src: Path) -> str:
+        """Upload release directory ``src`` as one archive; returns the URL to record."""
+        import uuid
+
+        with _storage_errors("creating a release archive"):
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, local = tempfile.mkstemp(prefix=f"release-{os.getpid()}-", suffix=".zip", dir=self.tmp_dir)
+            os.close(fd)
+        local_path = Path(local)
+        try:
+            with _storage_errors("creating a release archive"):
+                sha = release_zip(src, local_path)
+            tmp_key = f"{self.prefix}/{RELEASE_TMP}/{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}.zip"
+            final = self.key(version, sha)
+            with _storage_errors("uploading a release"):
+                self.fs.put_file(str(local_path), tmp_key)
+                try:
+                    self.fs.copy(tmp_key, final)  # server-side: the final key appears complete
+                finally:
+                    with contextlib.suppress(OSError):
+                        self.fs.rm_file(tmp_key)
+                self.fs.invalidate_cache()
+        finally:
+            local_path.unlink(missing_ok=True)
+        return self.url(final)
+
+    # ---- reading
+    def exists(self, ref: str) -> bool:
+        key, _, _ = self.parse(ref)
+        with _storage_errors("reading the release store"):
+            self.fs.invalidate_cache()
+            return self.fs.exists(key)
+
+    def open(self, ref: str) -> BinaryIO:
+        key, version, _ = self.parse(ref)
+        with _storage_errors("reading a release"):
+            try:
+                return self.fs.open(key, "rb")
+            except FileNotFoundError:
+                raise NotFound(f"release {version}'s archive is missing from the storage",
+                               hint="tell the hub admin") from None
+
+    def local_dir(self, ref: str) -> Path:
+        """A local, verified copy of the release's files (unpacked once per host)."""
+        import zipfile
+
+        from quantgrid.utils import atomic_dir
+
+        key, version, sha = self.parse(ref)
+        out = self.cache_dir / sha
+        if (out / "adapter_model.safetensors").is_file():
+            return out
+        with _storage_errors("fetching a release"):
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, local = tempfile.mkstemp(prefix=f"release-{os.getpid()}-", suffix=".zip", dir=self.tmp_dir)
+            os.close(fd)
+        local_path = Path(local)
+        try:
+            h = hashlib.sha256()
+            with self.open(ref) as src, open(local_path, "wb") as dst, _storage_errors("fetching a release"):
+                while block := src.read(1 << 20):
+                    h.update(block)
+                    dst.write(block)
+            if h.hexdigest() != sha:
+                raise StorageUnavailable(f"release {version}'s archive does not match its name (sha256 "
+                                         f"{h.hexdigest()})", hint="hub admin: the object was altered; republish it")
+            try:
+                with atomic_dir(out) as tmp, zipfile.ZipFile(local_path) as zf:
+                    for info in zf.infolist():
+                        if not _RELEASE_FILE_RE.match(info.filename) or info.is_dir():
+                            raise StorageUnavailable(f"release {version}'s archive holds an unexpected entry "
+                                                     f"{info.filename[:80]!r}")
+                        (tmp / info.filename).write_bytes(zf.read(info))
+            except FileExistsError:  # another process of this host unpacked the same bytes first
+                pass
+        finally:
+            local_path.unlink(missing_ok=True)
+        return out
+
+    # ---- garbage collection
+    def iter_objects(self) -> Iterator[tuple[str, float]]:
+        """(key, modification time) of every release archive and upload temp object."""
+        with _storage_errors("listing the release store"):
+            self.fs.invalidate_cache()
+            try:
+                found = self.fs.find(f"{self.prefix}/{RELEASE_PREFIX}", detail=True)
+            except FileNotFoundError:
+                return
+        for key, info in found.items():
+            yield key, _mtime(info)
+
+    def delete_key(self, key: str) -> None:
+        if not key.startswith(f"{self.prefix}/{RELEASE_PREFIX}/"):
+            raise ValueError(f"not a release object: {key}")
+        with _storage_errors("deleting a release"):
+            self.fs.rm_file(key)
+            self.fs.invalidate_cache()
+
+
+def open_release_archives(settings, blobs: BlobStore | None = None) -> ReleaseArchives | None:
+    """Where published releases are kept when the hub's storage is object storage; None when
+    the storage is a local directory (releases then live in ``<storage_dir>/releases``)."""
+    blobs = blobs if blobs is not None else open_blob_store(settings)
+    if not isinstance(blobs, FsspecBlobStore):
+        return None
+    return ReleaseArchives(blobs.fs, blobs.prefix, blobs.url_scheme, settings.storage_dir / "release-cache",
+                           blobs.tmp_dir)

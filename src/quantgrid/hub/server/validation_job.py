@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 def handle_validate_job(ctx: JobContext) -> dict[str, Any]:
     """Judge submission ``payload["submission_id"]`` and record accept/reject with its report."""
     from quantgrid.hub.benchmark import hidden_sets
-    from quantgrid.hub.server.releases import release_root
+    from quantgrid.hub.server.improves import improves_check
+    from quantgrid.hub.server.releases import current_release_dir, published_release_dirs
     from quantgrid.hub.validate import ValidationConfig, factor_cache, references, validate_submission
-    from quantgrid.merge.release import ReleaseStore
 
     settings = ctx.settings
     sub_id = int(ctx.payload["submission_id"])
@@ -33,13 +33,20 @@ def handle_validate_job(ctx: JobContext) -> dict[str, Any]:
         return {"submission_id": sub_id, "status": sub.status, "skipped": True}
     blobs = ctx.blobs
     data = blobs.read_bytes(sub.blob_sha256)
+    rejection = improves_check(ctx.db, blobs, data, exclude_id=sub_id)  # before any model is loaded
+    if rejection is not None:
+        record_verdict(ctx.db, settings, sub_id, accepted=False, report=rejection)
+        return {"submission_id": sub_id, "accepted": False, "stage": "static", "check": "improves"}
     with ctx.db.read() as s:
         rows = s.execute(select(Adapter.id, Adapter.blob_sha256, User.name).join(User, User.id == Adapter.user_id)
                          .where(Adapter.id != sub_id).order_by(Adapter.id)).all()
         owner = s.scalar(select(User.name).where(User.id == sub.user_id))
     cache = factor_cache(settings)
-    accepted, releases = references(settings, rows, blobs.read_bytes, cache)
-    release_dir = ReleaseStore(release_root(settings)).current_dir()
+    accepted, _ = references(settings, rows, blobs.read_bytes, cache)
+    # From the database (and, with object storage, fetched from it): a worker on another host
+    # has no release directories of its own.
+    releases = published_release_dirs(settings, ctx.db)
+    release_dir = current_release_dir(settings, ctx.db)
     verdict = validate_submission(
         data, recipe=settings.recipe, base_path=settings.recipe.base_model, hidden=hidden_sets(settings),
         accepted=accepted, release_dir=release_dir, releases=releases, contributor=owner,
