@@ -21,7 +21,7 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from quantgrid.errors import HubError, PayloadTooLarge, Unprocessable
+from quantgrid.errors import HubError, PayloadTooLarge, RetryLater, Unprocessable
 from quantgrid.hub.server import ratelimit
 from quantgrid.hub.server import submissions as subs
 from quantgrid.hub.server.auth import Principal
@@ -32,20 +32,12 @@ from quantgrid.hub.server.storage import BlobStore
 from quantgrid.hub.settings import HubSettings
 
 
-class UploadTimeout(HubError):
-    http_status = 408
-    code = "request_timeout"
+class UploadTimeout(HubError, code="request_timeout", http_status=408):
+    """The client sent the upload too slowly."""
 
 
-class HubBusy(HubError):
+class HubBusy(HubError, RetryLater, code="busy", http_status=503):
     """Too many uploads in progress on this hub process."""
-
-    http_status = 503
-    code = "busy"
-
-    def __init__(self, message: str, hint: str | None = None, retry_after: float | None = None):
-        super().__init__(message, hint)
-        self.retry_after = retry_after
 
 
 def content_length(request: Request, settings: HubSettings) -> int:
