@@ -4,7 +4,6 @@ process on 127.0.0.1 (started once per test session that asks for it, stopped af
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from quantgrid.demo import free_port, stop_process
+
 CREDENTIALS = {"key": "testing", "secret": "testing"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -28,7 +23,7 @@ def moto_server(timeout: float = 30.0) -> Iterator[str]:
     pytest.importorskip("moto.server")
     import httpx
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -44,11 +39,7 @@ def moto_server(timeout: float = 30.0) -> Iterator[str]:
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, timeout=10)
 
 
 def storage_options(endpoint: str) -> dict:

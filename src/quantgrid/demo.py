@@ -76,6 +76,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """Ask ``proc`` to exit (SIGTERM), and kill it if it is still running ``timeout`` seconds later."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "quantgrid.cli", *args]
 
@@ -101,12 +111,7 @@ def server(args: list[str], url: str, log_path: Path, ready_path: str, timeout: 
                 time.sleep(0.3)
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, timeout=15)
 
 
 # ---------------------------------------------------------------- steps
