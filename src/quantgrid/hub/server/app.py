@@ -34,7 +34,7 @@ from quantgrid.errors import (
     ServerError,
     Unprocessable,
 )
-from quantgrid.hub.server import registry, releases, routes, web
+from quantgrid.hub.server import human_eval, registry, releases, routes, web
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.deps import authenticated, drain_body, has_unread_body
 from quantgrid.hub.server.ratelimit import RateLimiter
@@ -43,7 +43,7 @@ from quantgrid.hub.settings import HubSettings
 
 log = logging.getLogger(__name__)
 
-ROUTERS = (routes.router, releases.router, registry.router, web.router)
+ROUTERS = (routes.router, releases.router, registry.router, human_eval.router, web.router)
 
 API_DESCRIPTION = """\
 The quantgrid hub: contributors push LoRA adapter submissions, the hub validates them with a

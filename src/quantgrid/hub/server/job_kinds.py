@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from quantgrid.errors import ConfigError
+from quantgrid.hub.server.human_eval import JOB_KIND as HUMAN_EVAL_JOB
+from quantgrid.hub.server.human_eval import handle_human_eval_job
 from quantgrid.hub.server.jobs import Handler
 from quantgrid.hub.server.releases import handle_release_job
 from quantgrid.hub.server.submissions import VALIDATE_JOB, give_up_validation
@@ -18,6 +20,7 @@ from quantgrid.hub.server.validation_job import handle_validate_job
 HANDLERS: dict[str, Handler] = {
     VALIDATE_JOB: handle_validate_job,
     "release": handle_release_job,
+    HUMAN_EVAL_JOB: handle_human_eval_job,
 }
 # kind -> hook(db, job), run once when a job of that kind runs out of attempts.
 GIVE_UP: dict[str, Callable] = {

@@ -212,3 +212,40 @@ class UploadSlot(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     holder: Mapped[str] = mapped_column(String(128))  # host:pid of the API process reading the body
     expires_at: Mapped[float] = mapped_column(Float)  # epoch seconds
+
+
+class HumanEvalItem(Base):
+    """One question of a public benchmark with the base's and a candidate's answer, for maintainers
+    to grade blind (see human_eval.py). ``candidate_first`` is the side the page shows the
+    candidate on; it is drawn at random when the pair is stored and never leaves the server."""
+
+    __tablename__ = "human_eval_items"
+    __table_args__ = (
+        # One answer pair per question per candidate: regenerating replaces nothing.
+        UniqueConstraint("target_kind", "target", "question_id", name="uq_human_eval_item"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    target_kind: Mapped[str] = mapped_column(String(16))  # "adapter" or "release"
+    target: Mapped[str] = mapped_column(String(64))  # adapter id or release version
+    benchmark: Mapped[str] = mapped_column(String(64))  # the public set the question comes from
+    question_id: Mapped[str] = mapped_column(String(64))
+    question: Mapped[str] = mapped_column(Text)
+    context: Mapped[str | None] = mapped_column(Text, default=None)
+    base_answer: Mapped[str] = mapped_column(Text)
+    candidate_answer: Mapped[str] = mapped_column(Text)
+    candidate_first: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class HumanEvalGrade(Base):
+    """One maintainer's grades of one answer pair, already mapped back from A/B to base/candidate:
+    ``scores = {"base": {...}, "candidate": {...}}``, each with the rubric's 1-5 scores and the
+    risk flag (true/false)."""
+
+    __tablename__ = "human_eval_grades"
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("human_eval_items.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True)
+    scores: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

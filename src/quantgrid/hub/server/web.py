@@ -9,6 +9,13 @@
 | GET  /recipe             | anyone     | the hub's recipe and how to contribute                       |
 | GET/POST /login, /logout | anyone     | sign in with an API token (kept in an HttpOnly cookie)       |
 | POST /adapters/ID/upvote | signed in  | upvote from the page (CSRF-protected form)                   |
+| GET  /human-eval         | maintainer | candidates with answer pairs to grade (see human_eval.py)    |
+| GET  /human-eval/KIND/T  | maintainer | the next pair to grade: question, answers A and B, the rubric |
+| POST /human-eval/items/ID/grade | maintainer | grades of one pair (CSRF-protected form)           |
+
+Maintainers are the hub's admins. The grading page is blind: it shows "Answer A" and
+"Answer B" only; which one is the base is kept server-side and applied when the grades
+are stored. Aggregates (never single grades) appear on the leaderboard and release pages.
 
 Public pages show what the JSON API shows anonymously: rounded scores, never a hidden item.
 Every page is sent with a Content-Security-Policy that allows no script at all, and user
@@ -30,9 +37,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.concurrency import run_in_threadpool
 
 from quantgrid import __version__
 from quantgrid.errors import AuthError, QuantGridError
+from quantgrid.hub.server import human_eval as he
 from quantgrid.hub.server import leaderboard as lb
 from quantgrid.hub.server import submissions as subs
 from quantgrid.hub.server.auth import Principal
@@ -47,7 +56,9 @@ SORT_KEYS = {"rank": "rank", "accepted": "accepted", "impact": "impact", "upvote
 NOTICES = {"voted": "Upvote recorded.", "own": "You cannot upvote your own adapter.",
            "again": "You already upvoted that adapter.", "gone": "No accepted adapter with that id.",
            "csrf": "The form expired; please try again.", "signin": "Sign in to upvote.",
-           "badtoken": "That token is not valid (or was revoked).", "out": "Signed out."}
+           "badtoken": "That token is not valid (or was revoked).", "out": "Signed out.",
+           "graded": "Grades recorded.", "badgrade": "Give every score from 1 to 5 and the risk flag yes or no.",
+           "noitem": "No such answer pair."}
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
 
@@ -108,7 +119,17 @@ def leaderboard_page(request: Request, db: DB, settings: Settings, user: WebUser
     elif key != "rank":
         entries = sorted(entries, key=lambda e: (-getattr(e, key), e.rank))
     return _page(request, "leaderboard.html", user, entries=entries, formula=board.formula, sort=key,
-                 adapters=lb.list_adapters(db, limit=200))
+                 adapters=lb.list_adapters(db, limit=200), **_adapter_columns(request, db))
+
+
+def _adapter_columns(request: Request, db: Database) -> dict:
+    """What the adapters table shows beside the API's fields: each adapter's registry name and
+    version, and its human-evaluation aggregate (adapter id -> summary)."""
+    from quantgrid.hub.server.registry import build_registry
+
+    versions = {e.id: (e.name, e.version) for e in build_registry(db, request.app.state.blobs).adapters}
+    human = {int(t): v for t, v in he.summaries(db, "adapter").items() if t.isdigit()}
+    return {"versions": versions, "human": human}
 
 
 @router.get("/contributors/{name}", response_class=HTMLResponse)
@@ -117,7 +138,7 @@ def contributor_page(request: Request, name: str, db: DB, settings: Settings, us
     if entry is None:
         return _page(request, "missing.html", user, status=404, what=f"contributor {name}")
     adapters = lb.list_adapters(db, limit=1000, owner=name)
-    return _page(request, "contributor.html", user, entry=entry, adapters=adapters)
+    return _page(request, "contributor.html", user, entry=entry, adapters=adapters, **_adapter_columns(request, db))
 
 
 @router.get("/submissions/{submission_id}", response_class=HTMLResponse)
@@ -142,7 +163,7 @@ def releases_page(request: Request, db: DB, settings: Settings, user: WebUser) -
         if isinstance(loss, int | float):
             points.append((r.version, settings.round_score(loss)))
     return _page(request, "releases.html", user, releases=listing.items, current=listing.current,
-                 plot=_plot(points), points=points)
+                 plot=_plot(points), points=points, human=he.summaries(db, "release"), labels=he.LABELS)
 
 
 def _plot(points: list[tuple[str, float]], width: int = 560, height: int = 180, pad: int = 36) -> dict | None:
@@ -224,3 +245,65 @@ def upvote(request: Request, adapter_id: int, db: DB, user: WebUser,
     except NotFound:
         return _redirect("/", "gone")
     return _redirect("/", "voted")
+
+
+# ------------------------------------------------------------------ human evaluation (maintainers)
+
+
+def _maintainer_only(request: Request, user: Principal | None) -> Response | None:
+    """None for a maintainer; otherwise the answer: sign in first, or 403 for anyone else."""
+    if user is None:
+        return _redirect("/login", "signin")
+    if not user.is_admin:
+        return _page(request, "forbidden.html", user, status=403,
+                     what="Grading answers is for the hub's maintainers (admin tokens).")
+    return None
+
+
+@router.get("/human-eval", response_class=HTMLResponse)
+def human_eval_sets(request: Request, db: DB, user: WebUser) -> Response:
+    if (refused := _maintainer_only(request, user)) is not None:
+        return refused
+    return _page(request, "human_eval_sets.html", user, sets=he.sets_for(db, user))
+
+
+@router.get("/human-eval/{kind}/{target}", response_class=HTMLResponse)
+def human_eval_next(request: Request, kind: str, target: str, db: DB, user: WebUser) -> Response:
+    if (refused := _maintainer_only(request, user)) is not None:
+        return refused
+    if kind not in he.KINDS:
+        return _page(request, "missing.html", user, status=404, what=f"candidate kind {kind}")
+    item, done, total = he.next_item(db, user, kind, target)
+    return _page(request, "human_eval_item.html", user, kind=kind, target=target, done=done, total=total,
+                 item=he.blind_view(item) if item else None, scored=he.SCORED, labels=he.LABELS)
+
+
+@router.post("/human-eval/items/{item_id}/grade")
+async def human_eval_grade(request: Request, item_id: int, db: DB, user: WebUser) -> Response:
+    if (refused := _maintainer_only(request, user)) is not None:
+        return refused
+    form = await request.form()
+    if not _csrf_ok(request, str(form.get("csrf", ""))):
+        return _redirect("/human-eval", "csrf")
+    from pydantic import ValidationError
+
+    from quantgrid.errors import NotFound
+
+    def grade(side: str) -> he.Grade:
+        flag = form.get(f"{side}_{he.FLAG}")
+        if flag not in ("yes", "no"):
+            raise ValueError("risk flag")
+        return he.Grade(**{k: form.get(f"{side}_{k}") for k in he.SCORED}, risk_flag=flag == "yes")
+
+    try:
+        a, b = grade("a"), grade("b")
+    except (ValidationError, ValueError):
+        with db.read() as s:
+            row = s.get(he.HumanEvalItem, item_id)
+            back = f"/human-eval/{row.target_kind}/{row.target}" if row else "/human-eval"
+        return _redirect(back, "badgrade")
+    try:
+        item = await run_in_threadpool(he.record_grade, db, user, item_id, a, b)
+    except NotFound:
+        return _redirect("/human-eval", "noitem")
+    return _redirect(f"/human-eval/{item.target_kind}/{item.target}", "graded")
