@@ -8,6 +8,7 @@ weekly, Sunday 03:00) or the short form ``"SUN 03:00"``; ``"off"`` turns them of
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,26 +19,75 @@ UTC = dt.timezone.utc
 
 # ------------------------------------------------------------------ versions
 
-VERSION_RE = re.compile(r"^(\d{4})\.(\d{2})(?:\.(\d+))?$")
+VERSION_PATTERN = r"^(\d{4})\.(\d{2})(?:\.(\d+))?$"
+VERSION_RE = re.compile(VERSION_PATTERN)
+# Also a one-digit week ("2026.9"): release directories a person named by hand, which
+# `quantgrid serve --release DIR` has always accepted. The hub only ever writes two digits.
+_LENIENT_RE = re.compile(r"^(\d{4})\.(\d{1,2})(?:\.(\d+))?$")
+_VERSION_HINT = "versions look like 2026.47 or 2026.47.2"
+
+
+@functools.total_ordering
+@dataclass(frozen=True)
+class ReleaseVersion:
+    """A release version ``YYYY.WW[.N]``: the one parser and ordering of release versions.
+
+    ``n`` is the N of the Nth release of a week (None for the week's first, which has no
+    suffix). Versions order numerically, and the bare first release sorts before any
+    ``.N`` of the same week (so ``2026.10`` < ``2026.10.1`` < ``2026.10.2`` < ``2026.10.10``).
+    """
+
+    year: int
+    week: int
+    n: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, lenient: bool = False) -> ReleaseVersion:
+        """Parse ``text``; ConfigError for anything else. ``lenient`` also takes a one-digit week."""
+        m = (_LENIENT_RE if lenient else VERSION_RE).match(text) if isinstance(text, str) else None
+        if m is None:
+            raise ConfigError(f"not a release version: {text!r}", hint=_VERSION_HINT)
+        return cls(int(m[1]), int(m[2]), int(m[3]) if m[3] is not None else None)
+
+    @classmethod
+    def valid(cls, text: str, *, lenient: bool = False) -> bool:
+        return isinstance(text, str) and (_LENIENT_RE if lenient else VERSION_RE).match(text) is not None
+
+    @property
+    def number(self) -> int:
+        """Which release of its week this is (1 for the bare ``YYYY.WW``)."""
+        return self.n if self.n is not None else 1
+
+    def key(self) -> tuple[int, int, int, int]:
+        return self.year, self.week, self.number, int(self.n is not None)
+
+    def __lt__(self, other: ReleaseVersion) -> bool:
+        if not isinstance(other, ReleaseVersion):
+            return NotImplemented
+        return self.key() < other.key()
+
+    def __str__(self) -> str:
+        return f"{self.year}.{self.week:02d}" + (f".{self.n}" if self.n is not None else "")
 
 
 def version_key(version: str) -> tuple[int, int, int]:
     """Sortable key of ``YYYY.WW[.N]``; raises ConfigError for anything else."""
-    m = VERSION_RE.match(version)
-    if m is None:
-        raise ConfigError(f"not a release version: {version!r}", hint="versions look like 2026.47 or 2026.47.2")
-    return int(m[1]), int(m[2]), int(m[3] or 1)
+    v = ReleaseVersion.parse(version)
+    return v.year, v.week, v.number
 
 
 def calver(now: dt.datetime, existing: Sequence[str] = ()) -> str:
     """``YYYY.WW`` of ``now``'s ISO week, or ``YYYY.WW.N`` if N-1 releases exist that week."""
     year, week, _ = now.astimezone(UTC).isocalendar()
-    base = f"{year}.{week:02d}"
-    taken = {version_key(v)[2] for v in existing if VERSION_RE.match(v) and v.split(".")[:2] == base.split(".")}
+    taken = {v.number for v in map(_parsed, existing) if v is not None and (v.year, v.week) == (year, week)}
     n = 1
     while n in taken:
         n += 1
-    return base if n == 1 else f"{base}.{n}"
+    return str(ReleaseVersion(year, week, n if n > 1 else None))
+
+
+def _parsed(text: str) -> ReleaseVersion | None:
+    return ReleaseVersion.parse(text) if ReleaseVersion.valid(text) else None
 
 
 # ------------------------------------------------------------------ schedule

@@ -20,7 +20,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -28,10 +27,10 @@ from pathlib import Path
 from typing import Protocol
 
 from quantgrid.errors import ConfigError, NotFound
+from quantgrid.merge.schedule import ReleaseVersion
 
 log = logging.getLogger(__name__)
 
-VERSION_RE = re.compile(r"^\d{4}\.\d{1,2}(\.\d+)?$")
 # The adapter, its records, and the tokenizer files carrying the recipe's chat template
 # (quantgrid.data.chat_template.save_chat_template writes them).
 RELEASE_FILES = ("adapter_config.json", "adapter_model.safetensors", "quantgrid.json", "release.json",
@@ -51,8 +50,13 @@ class ReleaseSource(Protocol):
     def get(self, version: str) -> ReleaseRef: ...
 
 
+def _is_version(v: str) -> bool:
+    # Lenient: a release directory named by hand may have a one-digit week ("2026.9").
+    return ReleaseVersion.valid(v, lenient=True)
+
+
 def _version_key(v: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in v.split("."))
+    return ReleaseVersion.parse(v, lenient=True).key()
 
 
 def release_version(path: Path) -> str:
@@ -63,7 +67,7 @@ def release_version(path: Path) -> str:
             v = m.get("release") or m.get("version")
             if isinstance(v, dict):
                 v = v.get("version")
-            if v and VERSION_RE.match(str(v)):
+            if v and _is_version(str(v)):
                 return str(v)
     return path.name
 
@@ -80,7 +84,7 @@ class DirReleaseSource:
         if not self.root.is_dir():
             return []
         refs = [ReleaseRef(d.name, d) for d in self.root.iterdir()
-                if d.is_dir() and VERSION_RE.match(d.name) and (d / "adapter_config.json").is_file()]
+                if d.is_dir() and _is_version(d.name) and (d / "adapter_config.json").is_file()]
         return sorted(refs, key=lambda r: _version_key(r.version))
 
     def latest(self) -> ReleaseRef | None:
@@ -122,7 +126,7 @@ class HubReleaseSource:
         return f"{version}-{digest}"
 
     def get(self, version: str) -> ReleaseRef:
-        if not VERSION_RE.match(version):
+        if not _is_version(version):
             raise ConfigError(f"{version!r} is not a release version", hint="use YYYY.WW, e.g. 2026.47, or 'latest'")
         target = self.cache_dir / self._cache_key(version)
         if (target / "adapter_config.json").is_file():
@@ -157,7 +161,7 @@ def resolve_release(spec: str, hub: str | None, cache_dir: str | Path) -> tuple[
             raise ConfigError(f"--release {spec}: not a release directory (no adapter_config.json)",
                               hint="pass a release directory, 'latest' or a version like 2026.47 with --hub")
         return ReleaseRef(release_version(p), p), None
-    if spec != "latest" and not VERSION_RE.match(spec):
+    if spec != "latest" and not _is_version(spec):
         raise ConfigError(f"--release {spec!r} is neither a directory, 'latest', nor a version YYYY.WW",
                           hint="e.g. --release latest --hub https://hub.example.org")
     if not hub:

@@ -98,3 +98,24 @@ def test_missed_release_is_due_at_once():
     assert next_due("SUN 03:00", None, now) <= now
     # down for three weeks: one catch-up release (the latest slot), not three
     assert next_due("SUN 03:00", t(2026, 11, 1, 3), now) == t(2026, 11, 22, 3, 0)
+
+
+def test_release_version_is_the_one_parser_of_versions():
+    from quantgrid.merge.schedule import VERSION_PATTERN, ReleaseVersion
+
+    v = ReleaseVersion.parse("2026.47.2")
+    assert (v.year, v.week, v.n, v.number) == (2026, 47, 2, 2) and str(v) == "2026.47.2"
+    assert str(ReleaseVersion.parse("2026.09")) == "2026.09" and ReleaseVersion.parse("2026.09").number == 1
+    # the bare first release of a week sorts before any .N of it, numerically
+    vs = ["2026.10.10", "2026.10.1", "2026.9", "2026.10", "2026.10.2"]
+    assert sorted(vs, key=lambda s: ReleaseVersion.parse(s, lenient=True)) == [
+        "2026.9", "2026.10", "2026.10.1", "2026.10.2", "2026.10.10"]
+    # strict (what the hub writes and its API accepts) versus lenient (hand-named directories)
+    assert not ReleaseVersion.valid("2026.9") and ReleaseVersion.valid("2026.9", lenient=True)
+    for bad in ("2026.7", "../etc", "2026.47.", "v2026.47", "", None):
+        assert not ReleaseVersion.valid(bad)
+    with pytest.raises(ConfigError, match="not a release version"):
+        ReleaseVersion.parse("2026.470")
+    import re
+
+    assert re.match(VERSION_PATTERN, "2026.47.3") and not re.match(VERSION_PATTERN, "2026.4")

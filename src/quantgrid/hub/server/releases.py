@@ -53,11 +53,10 @@ from quantgrid.hub.server.deps import OptionalUser, get_blobs, get_db, get_setti
 from quantgrid.hub.server.models import Adapter, Job, Release, User, utcnow
 from quantgrid.hub.server.storage import BlobStore, ReleaseArchives, open_release_archives
 from quantgrid.hub.settings import HubSettings
+from quantgrid.merge.schedule import VERSION_PATTERN
 from quantgrid.utils import atomic_path
 
 log = logging.getLogger(__name__)
-
-VERSION_PATTERN = r"^\d{4}\.\d{2}(\.\d+)?$"
 
 
 def release_root(settings: HubSettings) -> Path:
