@@ -4,6 +4,7 @@ and a real HTTP server on 127.0.0.1 plays vLLM's /v1/models, load and unload rou
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -113,6 +114,21 @@ def test_cli_prints_the_command_and_refuses_clearly(tmp_path):
     assert res.exit_code == 2 and "needs --hub" in res.output
 
 
+
+def test_cli_flags_come_from_the_settings_models():
+    from quantgrid.cli.vllm import command, deploy
+    from quantgrid.serve.vllm_settings import VllmCommandSettings, VllmDeploySettings
+
+    assert [set(g.settings) for g in command.settings_groups] == [set(VllmCommandSettings.model_fields)]
+    assert [set(g.settings) for g in deploy.settings_groups] == [set(VllmDeploySettings.model_fields)]
+    runner = CliRunner()
+    res = runner.invoke(app, ["vllm", "deploy", "--vllm-url", "http://127.0.0.1:1", "--hub", "http://127.0.0.1:1",
+                              "--interval", "0"])
+    assert res.exit_code == 2 and "--interval" in res.output, res.output
+    res = runner.invoke(app, ["vllm", "command", "--base", "b", "--release", "r", "--port", "0"])
+    assert res.exit_code == 2 and "--port" in res.output, res.output
+
+
 class FakeVllm:
     """vLLM's LoRA routes on 127.0.0.1: /v1/models lists what is loaded, load refuses a path in ``bad``."""
 
@@ -220,3 +236,16 @@ def test_deploy_loads_into_a_server_without_a_release_and_survives_a_dead_server
         assert dead.check_now() is False and dead.failures == 1  # logged, not raised
     finally:
         dead.close()
+
+
+def test_default_python_is_the_venv_link_not_its_target(tmp_path, monkeypatch):
+    # A venv's bin/python is a link to the system interpreter; following it would leave the
+    # venv, and vLLM with it.
+    base = make_base(tmp_path / "base")
+    rel = make_adapter(tmp_path / "rel", 8, base)
+    (tmp_path / ".venv-vllm" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv-vllm" / "bin" / "python").symlink_to(Path(sys.executable).resolve())
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["vllm", "command", "--base", str(base), "--release", str(rel)])
+    assert res.exit_code == 0, res.output
+    assert res.output.split()[0] == str(tmp_path / ".venv-vllm" / "bin" / "python")
