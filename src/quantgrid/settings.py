@@ -100,7 +100,7 @@ def _strip_optional(annotation: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return args[0]
+            return _strip_optional(args[0])  # ``FilePath | None``: the Annotated path inside
     if origin is typing.Annotated:
         return _strip_optional(typing.get_args(annotation)[0])
     return annotation

@@ -144,16 +144,27 @@ def _print_report(report: dict, as_json: bool) -> None:
                   f"IC {_fmt(report['ic'], 4)}", highlight=False)
 
 
+class SynthOptions(BaseModel):
+    """The settings of ``alpha synth`` (the arguments of ``synthetic_panel``)."""
+
+    dates: int = Field(500, ge=30, description="number of business days")
+    assets: int = Field(50, ge=2, description="number of tickers")
+    seed: int = Field(0, description="random seed (the same seed gives the same file)")
+
+
 @alpha_app.command("synth")
+@settings_command(Flags(settings_of(SynthOptions)))
 def synth(
     out: Path = typer.Argument(..., help="Where to write the panel (.csv or .parquet)."),
-    dates: int = typer.Option(500, "--dates", min=30, help="Number of business days."),
-    assets: int = typer.Option(50, "--assets", min=2, help="Number of tickers."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (the same seed gives the same file)."),
+    **given: Any,
 ) -> None:
     """Write a seeded synthetic OHLCV panel in the long format `--prices` reads (for demos and tests only)."""
     from quantgrid.eval.alpha import synthetic_panel
     from quantgrid.utils import atomic_path
+
+    o = validate(SynthOptions, given, settings_of(SynthOptions), what="alpha synth option",
+                 hint="see `quantgrid alpha synth --help`")
+    dates, assets, seed = o.dates, o.assets, o.seed
 
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".parquet"):

@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from quantgrid.cli._common import console
+from quantgrid.cli.options import Flags, settings_command
+from quantgrid.ml.tiny_settings import TinyBaseSettings
+from quantgrid.settings import settings_of, validate
 
 base_app = typer.Typer(help="Base models: build the offline tiny base, show what identifies a base.",
                        no_args_is_help=True)
 
 
 @base_app.command("tiny")
+@settings_command(Flags(settings_of(TinyBaseSettings)))
 def tiny(
-    out: Path = typer.Argument(..., help="Directory to write the model to (an ordinary Hugging Face model dir)."),
-    size: str = typer.Option("test", "--size", help="test (2 layers, 64 wide: for unit tests) or "
-                             "demo (4 layers, 256 wide: big enough to show adapters learning)."),
-    seed: int = typer.Option(0, "--seed", help="Seed: the same size and seed give the same model."),
+    out: Annotated[Path, typer.Argument(help="Directory to write the model to (an ordinary Hugging Face model dir).")],
+    **given: Any,
 ) -> None:
-    """Build a small Llama model + BPE tokenizer from a config, offline (no download)."""
-    from quantgrid.ml.models import TINY_SIZES, base_info, build_tiny_base, load_config, param_count
+    """Build a small model + tokenizer of a supported base family from a config, offline (no download)."""
+    from quantgrid.ml.models import base_info, build_tiny_base, load_config, param_count
 
-    if size not in TINY_SIZES:
-        from quantgrid.errors import ConfigError
-
-        raise ConfigError(f"--size {size!r} is not a tiny base size", hint=f"choose one of {', '.join(TINY_SIZES)}")
-    with console.status(f"building the {size} base in {out}"):
-        path = build_tiny_base(out, size=size, seed=seed)
+    s = validate(TinyBaseSettings, given, settings_of(TinyBaseSettings), what="base tiny option",
+                 hint="see `quantgrid base tiny --help`")
+    size, family = s.size.value, s.family.value
+    with console.status(f"building the {size} {family} base in {out}"):
+        path = build_tiny_base(out, size=size, seed=s.seed, family=family)
     info = base_info(str(path))
     cfg = load_config(str(path))
     from transformers import AutoModelForCausalLM

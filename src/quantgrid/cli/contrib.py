@@ -8,18 +8,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from rich.markup import escape
 from rich.table import Table
 
 from quantgrid.cli._common import console, err_console
+from quantgrid.cli.options import Flags, settings_command
+from quantgrid.hub.contrib_settings import (
+    HubTarget,
+    LeaderboardSettings,
+    LoginSettings,
+    PushSettings,
+    StatusSettings,
+)
+from quantgrid.settings import settings_of, validate
 
-HubOpt = Annotated[str | None, typer.Option(
-    "--hub", help="Hub URL \\[default: $QUANTGRID_HUB, else the one you logged in to, else http://127.0.0.1:8080]",
-    show_default=False)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+def _settings(model: type[BaseModel], command: str, given: dict[str, Any]) -> Any:
+    return validate(model, given, settings_of(model), what=f"{command} option",
+                    hint=f"see `quantgrid {command} --help`")
 
 _STATUS_STYLE = {"queued": "yellow", "validating": "cyan", "accepted": "bold green", "rejected": "bold red"}
 
@@ -30,16 +40,15 @@ def _client(hub: str | None):
     return HubClient(hub)
 
 
-def login(
-    hub: HubOpt = None,
-    token: Annotated[str | None, typer.Option(
-        "--token", help="API token from the hub admin \\[default: prompt for it, hidden]", show_default=False)] = None,
-) -> None:
+@settings_command(Flags(settings_of(LoginSettings)))
+def login(**given: Any) -> None:
     """Check an API token against the hub and save it (mode 0600) for later commands."""
     from quantgrid.errors import AuthError
     from quantgrid.hub.client import HubClient, resolve_hub, save_credentials
 
-    url = resolve_hub(hub)
+    s = _settings(LoginSettings, "login", given)
+    token = s.token
+    url = resolve_hub(s.hub)
     if token is None:
         token = typer.prompt(f"API token for {url}", hide_input=True).strip()
     if not token:
@@ -59,21 +68,19 @@ def logout() -> None:
     console.print(f"removed {path}" if delete_credentials() else "not logged in (no saved token)", highlight=False)
 
 
-def whoami(hub: HubOpt = None) -> None:
+@settings_command(Flags(settings_of(HubTarget)))
+def whoami(**given: Any) -> None:
     """Show which user the current token belongs to."""
-    with _client(hub) as client:
+    with _client(_settings(HubTarget, "whoami", given).hub) as client:
         me = client.whoami()
         console.print(f"{me.name}{' (admin)' if me.is_admin else ''} on {client.url}", highlight=False)
 
 
+@settings_command(Flags(settings_of(PushSettings)))
 def push(
     zip_path: Annotated[Path, typer.Argument(metavar="PATH", help="quantgrid_submission_<ts>.zip from `quantgrid "
                                              "package`, an adapter directory, or a zip of one")],
-    hub: HubOpt = None,
-    idempotency_key: Annotated[str | None, typer.Option(
-        "--idempotency-key", help="Reuse a key to retry a push safely \\[default: a new random key]",
-        show_default=False)] = None,
-    as_json: JsonOpt = False,
+    **given: Any,
 ) -> None:
     """Upload a submission (streamed, with progress) and print its submission id.
 
@@ -84,11 +91,12 @@ def push(
 
     from quantgrid.hub.submit import prepare_push
 
+    s = _settings(PushSettings, "push", given)
     with tempfile.TemporaryDirectory(prefix="quantgrid-push-") as tmp:
         plan = prepare_push(zip_path, tmp)
         for line in plan.lines:
             err_console.print(line, highlight=False, markup=False)
-        _upload(plan.path, hub, idempotency_key, as_json)
+        _upload(plan.path, s.hub, s.idempotency_key, s.as_json)
 
 
 def _upload(zip_path: Path, hub: str | None, idempotency_key: str | None, as_json: bool) -> None:
@@ -125,14 +133,16 @@ def _print_report(report: dict) -> None:
         console.print(f"  [yellow]hint:[/] {escape(str(report['hint']))}", highlight=False)
 
 
+@settings_command(Flags(settings_of(StatusSettings)))
 def status(
     submission_id: Annotated[int | None, typer.Argument(
         metavar="[ID]", help="Submission id \\[default: list your recent submissions]", show_default=False)] = None,
-    hub: HubOpt = None,
-    as_json: JsonOpt = False,
+    **given: Any,
 ) -> None:
     """Show a submission's state (queued, validating, accepted, rejected) and its report."""
-    with _client(hub) as client:
+    s = _settings(StatusSettings, "status", given)
+    as_json = s.as_json
+    with _client(s.hub) as client:
         if submission_id is None:
             items = client.submissions()
             if as_json:
@@ -159,15 +169,13 @@ def status(
         console.print("validation has not finished; check again later")
 
 
-def leaderboard(
-    hub: HubOpt = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="How many contributors")] = 20,
-    as_json: JsonOpt = False,
-) -> None:
+@settings_command(Flags(settings_of(LeaderboardSettings)))
+def leaderboard(**given: Any) -> None:
     """Rank contributors: accepted adapters, then impact, then upvotes."""
-    with _client(hub) as client:
-        board = client.leaderboard(limit)
-    if as_json:
+    s = _settings(LeaderboardSettings, "leaderboard", given)
+    with _client(s.hub) as client:
+        board = client.leaderboard(s.limit)
+    if s.as_json:
         typer.echo(board.model_dump_json())
         return
     table = Table("rank", "contributor", "accepted adapters", "impact", "upvotes", title="quantgrid leaderboard",
@@ -177,12 +185,13 @@ def leaderboard(
     console.print(table if board.entries else "the leaderboard is empty: no submissions yet")
 
 
+@settings_command(Flags(settings_of(HubTarget)))
 def upvote(
     adapter_id: Annotated[int, typer.Argument(metavar="ID", help="Accepted adapter id (= its submission id)")],
-    hub: HubOpt = None,
+    **given: Any,
 ) -> None:
     """Upvote someone else's accepted adapter (once)."""
-    with _client(hub) as client:
+    with _client(_settings(HubTarget, "upvote", given).hub) as client:
         vote = client.upvote(adapter_id)
     console.print(f"upvoted adapter {vote.adapter_id}; it now has {vote.upvotes} upvote(s)")
 

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from quantgrid.cli._common import console
+from quantgrid.cli.options import Flags, settings_command
+from quantgrid.data.settings import SampleSettings
+from quantgrid.hub.contrib_settings import ProposeSettings, RegistrySettings
+from quantgrid.settings import settings_of, validate
 
 
+@settings_command(Flags(settings_of(ProposeSettings)))
 def propose(
     queries: Annotated[Path, typer.Argument(help="3-5 queries: a text file, one per line (or JSONL with question).")],
-    domain: Annotated[str, typer.Option("--domain", help="The adapter's domain, e.g. 'SEC filings'.")],
-    base_model: Annotated[str | None, typer.Option(
-        "--base-model", help="Base model id or directory \\[default: the standard recipe's base]",
-        show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Proposal markdown to write.")] = Path("PROPOSAL.md"),
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=4096,
-                                                help="Longest base answer, in tokens.")] = 128,
-    device: Annotated[str | None, typer.Option("--device", help="cpu, cuda, ... \\[default: cuda when available]",
-                                               show_default=False)] = None,
+    **given: Any,
 ) -> None:
     """Write an adapter proposal: the base model's answers to 3-5 queries that motivate the domain."""
     from quantgrid.proposal import propose as run
@@ -28,26 +25,31 @@ def propose(
     from quantgrid.recipe import Recipe
     from quantgrid.utils import atomic_write_text
 
+    s = validate(ProposeSettings, given, settings_of(ProposeSettings), what="propose option",
+                 hint="see `quantgrid propose --help`")
+    domain, out = s.domain, s.out
     qs = read_queries(queries)
-    p = run(qs, domain=domain, base_model=base_model or Recipe().base_model, max_new_tokens=max_new_tokens,
-            device=device)
+    p = run(qs, domain=domain, base_model=s.base_model or Recipe().base_model, max_new_tokens=s.max_new_tokens,
+            device=s.device)
     atomic_write_text(out, p.markdown())
     console.print(f"proposal for {domain!r}: the base's answers to {len(qs)} queries written to {out}",
                   highlight=False, markup=False)
 
 
+@settings_command(Flags(settings_of(RegistrySettings)))
 def registry(
     adapters: Annotated[list[Path] | None, typer.Argument(
         help="Local adapter directories (or folders of them) \\[default: fetch the hub's registry]",
         show_default=False)] = None,
-    hub: Annotated[str | None, typer.Option(
-        "--hub", help="Hub URL \\[default: $QUANTGRID_HUB, else the one you logged in to]", show_default=False)] = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="registry.yaml to write.")] = Path("registry.yaml"),
+    **given: Any,
 ) -> None:
     """Write registry.yaml: every accepted adapter's name, version, author, base, scores and release."""
     from quantgrid.registry import Registry, local_registry
     from quantgrid.utils import atomic_write_text
 
+    s = validate(RegistrySettings, given, settings_of(RegistrySettings), what="registry option",
+                 hint="see `quantgrid registry --help`")
+    hub, out = s.hub, s.out
     if adapters:
         reg = local_registry(list(adapters))
     else:
@@ -63,19 +65,10 @@ def registry(
                       f"{score}{f', in {e.release}' if e.release else ''}", highlight=False, markup=False)
 
 
+@settings_command(Flags(settings_of(SampleSettings)))
 def sample(
     source: Annotated[Path, typer.Argument(help="The dataset to review (JSON/JSONL).")],
-    fraction: Annotated[float, typer.Option("--fraction", help="Share of the records to review by hand.")] = 0.1,
-    seed: Annotated[int, typer.Option("--seed", help="The same seed draws the same sample.")] = 0,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Review file \\[default: FILE.review.jsonl]",
-                                             show_default=False)] = None,
-    model: Annotated[str | None, typer.Option("--model", help="The model that generated the set (recorded).")] = None,
-    prompt_file: Annotated[Path | None, typer.Option(
-        "--prompt-file", exists=True, dir_okay=False, help="The prompt used to generate the set (recorded by "
-        "name and sha256).")] = None,
-    reviewed: Annotated[Path | None, typer.Option(
-        "--reviewed", exists=True, dir_okay=False, help="A filled-in review file: record how many were rejected "
-        "instead of drawing a sample.")] = None,
+    **given: Any,
 ) -> None:
     """Draw the review sample of a synthetic dataset (>= 10%), and record its provenance.
 
@@ -88,6 +81,9 @@ def sample(
     from quantgrid.data import provenance as prov
     from quantgrid.errors import DataError
 
+    s = validate(SampleSettings, given, settings_of(SampleSettings), what="data sample option",
+                 hint="see `quantgrid data sample --help`")
+    fraction, seed, out, model, prompt_file, reviewed = s.fraction, s.seed, s.out, s.model, s.prompt_file, s.reviewed
     if not source.is_file():
         raise DataError(f"no such file: {source}", hint="pass the dataset you generated")
     from quantgrid.data import load_examples

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 from rich.markup import escape
 from rich.table import Table
 
 from quantgrid.cli._common import console, err_console
+from quantgrid.cli.options import Flags, settings_command
+from quantgrid.data.settings import (
+    CheckSettings,
+    FinanceSettings,
+    FromFeedbackSettings,
+    LeakageSettings,
+    NormalizeSettings,
+    SplitSettings,
+)
 from quantgrid.errors import ConfigError, DataError
+from quantgrid.settings import settings_of, validate
 
 data_app = typer.Typer(help="Check, normalize and split datasets; built-in finance data.", no_args_is_help=True)
 
 SOURCE_HELP = "A .jsonl or JSON-array file, or builtin:NAME (see `quantgrid data list`)."
-FORMAT_HELP = "Dataset schema; detected from the first record when left out (`quantgrid data list` shows them)."
-LENIENT_HELP = "Skip bad records (and list them) instead of stopping at the first."
+Source = Annotated[str, typer.Argument(help=SOURCE_HELP)]
+
+
+def settings(model: type[BaseModel], command: str, given: dict[str, Any]) -> Any:
+    """The flags the user set -> the command's validated settings; errors name the flag."""
+    return validate(model, given, settings_of(model), what=f"data {command} option",
+                    hint=f"see `quantgrid data {command} --help`")
 
 
 def _load(source: str, fmt: str | None, lenient: bool):
@@ -64,28 +81,20 @@ def _tokenizer(name: str):
 
 
 @data_app.command("check")
-def check(
-    source: str = typer.Argument(..., help=SOURCE_HELP),
-    tokenizer: str = typer.Option(None, "--tokenizer", help="Tokenizer (model dir or HF id) for lengths in tokens."),
-    recipe: Path = typer.Option(None, "--recipe", help="Recipe YAML: its max_seq_length and prompt template."),
-    max_seq_length: int = typer.Option(None, "--max-seq-length", min=16,
-                                       help="Warn about examples longer than this (default: the recipe's, 1024)."),
-    template: str = typer.Option(None, "--template", help="Prompt template for lengths (default: the recipe's, qa)."),
-    fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
-    lenient: bool = typer.Option(False, "--lenient", help=LENIENT_HELP),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-) -> None:
+@settings_command(Flags(settings_of(CheckSettings)))
+def check(source: Source, **given: Any) -> None:
     """Count, detected format, length statistics and warnings (duplicates, truncation, < 500 examples)."""
     from quantgrid.data.check import check_examples
     from quantgrid.recipe import Recipe
 
-    rec = Recipe.load(recipe) if recipe else Recipe()
-    report = _load(source, fmt, lenient)  # before the (slower) tokenizer: a bad file fails fast
-    tok = _tokenizer(tokenizer) if tokenizer else None
-    result = check_examples(report, tokenizer=tok, template=template or rec.prompt_template,
-                            max_seq_length=max_seq_length or rec.training.max_seq_length,
+    s = settings(CheckSettings, "check", given)
+    rec = Recipe.load(s.recipe) if s.recipe else Recipe()
+    report = _load(source, s.fmt, s.lenient)  # before the (slower) tokenizer: a bad file fails fast
+    tok = _tokenizer(s.tokenizer) if s.tokenizer else None
+    result = check_examples(report, tokenizer=tok, template=s.template or rec.prompt_template,
+                            max_seq_length=s.max_seq_length or rec.training.max_seq_length,
                             system_prompt=rec.system_prompt)
-    if as_json:
+    if s.as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
     console.print(f"[bold]{escape(str(result.source))}[/]: {result.n_examples} examples, format "
@@ -109,21 +118,15 @@ def check(
 
 
 @data_app.command("normalize")
-def normalize(
-    source: str = typer.Argument(..., help=SOURCE_HELP),
-    out: Path = typer.Option(None, "--out", "-o", help="Output file (default: FILE.normalized.jsonl)."),
-    changes: Path = typer.Option(None, "--changes", help="Where to record every change (default: FILE.changes.jsonl)."),
-    kinds: str = typer.Option(None, "--kinds", help="Comma-separated placeholders to apply (default: all but NUMBER): "
-                              "TIMESTAMP,DATE,CHANGE,PERCENT,AMOUNT,PRICE,VOLUME,NUMBER."),
-    dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Drop examples that became exact duplicates."),
-    fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
-    lenient: bool = typer.Option(False, "--lenient", help=LENIENT_HELP),
-) -> None:
+@settings_command(Flags(settings_of(NormalizeSettings)))
+def normalize(source: Source, **given: Any) -> None:
     """Replace prices, changes, percentages, dates and timestamps with <PRICE>, <CHANGE>, ... placeholders."""
     from quantgrid.data import write_records
     from quantgrid.data.normalize import DEFAULT_KINDS, normalize_examples
     from quantgrid.utils import atomic_write_text
 
+    s = settings(NormalizeSettings, "normalize", given)
+    out, changes, kinds, dedup, fmt, lenient = s.out, s.changes, s.kinds, s.dedup, s.fmt, s.lenient
     chosen = tuple(k.strip().upper().strip("<>") for k in kinds.split(",") if k.strip()) if kinds else DEFAULT_KINDS
     stem = source.split(":", 1)[1] if source.startswith("builtin:") else str(Path(source).with_suffix(""))
     out = out or Path(f"{stem}.normalized.jsonl")
@@ -143,22 +146,14 @@ def normalize(
 
 
 @data_app.command("split")
-def split(
-    source: str = typer.Argument(..., help=SOURCE_HELP),
-    benchmark_size: int = typer.Option(50, "--benchmark-size", min=1, help="Items to hold out as the benchmark."),
-    seed: int = typer.Option(42, "--seed", help="Random seed: the same seed gives the same split."),
-    train_out: Path = typer.Option(None, "--train-out", help="Train file (default: FILE.train.jsonl)."),
-    bench_out: Path = typer.Option(None, "--bench-out", help="Benchmark file (default: FILE.benchmark.jsonl)."),
-    n: int = typer.Option(8, "--n", min=1, help="n-gram size for near-duplicate detection."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.01, max=1.0,
-                                    help="Share of a benchmark item's n-grams in one train item that counts as a leak."),
-    fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
-    lenient: bool = typer.Option(False, "--lenient", help=LENIENT_HELP),
-) -> None:
+@settings_command(Flags(settings_of(SplitSettings)))
+def split(source: Source, **given: Any) -> None:
     """Write train and held-out benchmark files with no exact or near-duplicate leakage between them."""
     from quantgrid.data import write_records
     from quantgrid.data.split import find_leakage, split_examples_report
 
+    s = settings(SplitSettings, "split", given)
+    train_out, bench_out, n, threshold = s.train_out, s.bench_out, s.n, s.threshold
     stem = source.split(":", 1)[1] if source.startswith("builtin:") else str(Path(source).with_suffix(""))
     train_out = train_out or Path(f"{stem}.train.jsonl")
     bench_out = bench_out or Path(f"{stem}.benchmark.jsonl")
@@ -166,8 +161,8 @@ def split(
         raise ConfigError("--train-out and --bench-out are the same file", hint="give two different paths")
     _not_input(train_out, source)
     _not_input(bench_out, source)
-    report = _load(source, fmt, lenient)
-    result = split_examples_report(report.examples, benchmark_size, seed, n=n, threshold=threshold)
+    report = _load(source, s.fmt, s.lenient)
+    result = split_examples_report(report.examples, s.benchmark_size, s.seed, n=n, threshold=threshold)
     leak = find_leakage(result.train, result.bench, n=n, threshold=threshold)
     fmt_out = _out_format(report)
     write_records(train_out, result.train, fmt_out)
@@ -184,20 +179,18 @@ def split(
 
 
 @data_app.command("leakage")
+@settings_command(Flags(settings_of(LeakageSettings)))
 def leakage(
-    train: str = typer.Argument(..., help="Training set: " + SOURCE_HELP),
-    bench: str = typer.Argument(..., help="Benchmark set: " + SOURCE_HELP),
-    n: int = typer.Option(8, "--n", min=1, help="n-gram size for near-duplicate detection."),
-    threshold: float = typer.Option(0.5, "--threshold", min=0.01, max=1.0,
-                                    help="Share of a benchmark item's n-grams in one train item that counts as a leak."),
-    show: int = typer.Option(10, "--show", min=0, help="How many overlaps to print."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    fmt: str = typer.Option(None, "--format", help=FORMAT_HELP),
+    train: Annotated[str, typer.Argument(help="Training set: " + SOURCE_HELP)],
+    bench: Annotated[str, typer.Argument(help="Benchmark set: " + SOURCE_HELP)],
+    **given: Any,
 ) -> None:
     """Report benchmark items that appear in the training set, exactly or as near-duplicates. Exit 1 if any."""
     from quantgrid.data import load_examples
     from quantgrid.data.split import find_leakage
 
+    s = settings(LeakageSettings, "leakage", given)
+    n, threshold, show, as_json, fmt = s.n, s.threshold, s.show, s.as_json, s.fmt
     t, b = load_examples(train, format=fmt), load_examples(bench, format=fmt)
     report = find_leakage(t, b, n=n, threshold=threshold)
     if as_json:
@@ -218,23 +211,30 @@ def leakage(
         raise typer.Exit(1)
 
 
+def _list_topics(value: bool) -> None:
+    if not value:
+        return
+    from quantgrid.data import finance
+
+    for t in finance.TOPICS:
+        typer.echo(t)
+    raise typer.Exit()
+
+
 @data_app.command("finance")
+@settings_command(Flags(settings_of(FinanceSettings)))
 def finance_cmd(
-    n: int = typer.Option(1000, "--n", min=0, help="Number of computed-answer questions."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives the same items."),
-    topics: str = typer.Option(None, "--topics", help="Comma-separated topics (default: all). See --list-topics."),
-    concepts: bool = typer.Option(False, "--concepts", help="Append the hand-written concept questions."),
-    out: Path = typer.Option(None, "--out", "-o", help="Output .jsonl (default: print to stdout)."),
-    list_topics: bool = typer.Option(False, "--list-topics", help="Print the topics and exit."),
+    # An action, not a setting: it prints and exits before the settings are read.
+    list_topics: bool = typer.Option(False, "--list-topics", is_eager=True, callback=_list_topics,
+                                     help="Print the topics and exit."),
+    **given: Any,
 ) -> None:
     """Generate finance Q&A with computed answers (P/E, NPV, IRR, bonds, VaR, options, ...), reproducibly."""
     from quantgrid.data import finance
     from quantgrid.data.sets import render_jsonl
 
-    if list_topics:
-        for t in finance.TOPICS:
-            typer.echo(t)
-        return
+    s = settings(FinanceSettings, "finance", given)
+    n, seed, topics, concepts, out = s.n, s.seed, s.topics, s.concepts, s.out
     chosen = [t.strip() for t in topics.split(",") if t.strip()] if topics else None
     examples = finance.generate(n, seed=seed, topics=chosen)
     if concepts:
@@ -274,14 +274,16 @@ def list_sets() -> None:
 
 
 @data_app.command("from-feedback")
+@settings_command(Flags(settings_of(FromFeedbackSettings)))
 def from_feedback(
-    store: Path = typer.Argument(..., help="The --feedback-store file of `quantgrid serve`."),
-    out: Path = typer.Option(..., "--out", help="Training set to write (JSONL, messages format)."),
-    rating: str = typer.Option("up", "--rating", help="Keep exchanges whose latest rating is this: up or down."),
+    store: Annotated[Path, typer.Argument(help="The --feedback-store file of `quantgrid serve`.")],
+    **given: Any,
 ) -> None:
     """Export the rated exchanges of `quantgrid serve --feedback-store` as a training set."""
     from quantgrid.serve.feedback import write_training_set
 
+    s = settings(FromFeedbackSettings, "from-feedback", given)
+    out, rating = s.out, s.rating
     n, skipped = write_training_set(store, out, rating)
     console.print(f"{n} exchanges rated {rating!r} written to {out}"
                   + (f" ({skipped} unreadable lines skipped)" if skipped else ""), highlight=False, markup=False)

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field
+
+from quantgrid.cli.options import Flags, settings_command
+from quantgrid.settings import settings_of, validate
 
 
-def demo(
-    workdir: Path = typer.Option(None, "--workdir", help="Keep everything here (default: a temporary directory)."),
-    quick: bool = typer.Option(False, "--quick", help="Smoke version: the test-size base and fewer steps."),
-) -> None:
+class DemoSettings(BaseModel):
+    """The arguments of :func:`quantgrid.demo.run_demo` that the command line sets."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workdir: Path | None = Field(None, description="keep everything here (default: a temporary directory)")
+    quick: bool = Field(False, description="smoke version: the test-size base and fewer steps")
+
+
+@settings_command(Flags(settings_of(DemoSettings)))
+def demo(**given: Any) -> None:
     """Run all four journeys on the embedded defaults: train, evaluate, push, validate, release, serve, export."""
     from quantgrid.demo import run_demo
 
+    s = validate(DemoSettings, given, settings_of(DemoSettings), what="demo option", hint="see `quantgrid demo --help`")
+    workdir, quick = s.workdir, s.quick
     try:
         run_demo(workdir, quick=quick)
     except KeyboardInterrupt:

@@ -33,7 +33,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from quantgrid.cli._common import console, err_console
-from quantgrid.cli.options import Flags, option_parameter, settings_command
+from quantgrid.cli.options import Flags, settings_command
 from quantgrid.hub.settings import HubSettings
 from quantgrid.settings import settings_of
 
@@ -49,18 +49,6 @@ hub_app.add_typer(user_app)
 _PANEL = "Hub settings"
 HUB_FLAGS = Flags(settings_of(HubSettings), panel=_PANEL)
 HUB_STORAGE_FLAGS = Flags(settings_of(HubSettings, only=("db_url", "storage_dir", "config_file")), panel=_PANEL)
-
-
-def _alias(name: str) -> Any:
-    """A HubSettings field as an ``Annotated`` Typer option, for commands written by hand."""
-    return option_parameter(HUB_FLAGS.settings[name], _PANEL).annotation
-
-
-DbOpt = _alias("db_url")
-StorageOpt = _alias("storage_dir")
-RecipeOpt = _alias("recipe")
-BaseModelOpt = _alias("base_model")
-ConfigOpt = _alias("config_file")
 
 
 def load_hub(**given: Any) -> HubSettings:

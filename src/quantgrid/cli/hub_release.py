@@ -16,6 +16,7 @@ from rich.table import Table
 from quantgrid.cli._common import console, err_console
 from quantgrid.cli.hub import HUB_FLAGS, hub_app, load_hub
 from quantgrid.cli.options import Flags, settings_command
+from quantgrid.hub.contrib_settings import ReleasesSettings
 from quantgrid.settings import settings_of, validate
 
 _METHOD_NAMES = "svd (exact factor-space, default), cat, ties, dare_linear, dare_ties, median, trimmed_mean"
@@ -109,19 +110,15 @@ def rollback(
     console.print(f"release [bold]{r.version}[/] is in service again", highlight=False)
 
 
-def releases(
-    hub: Annotated[str | None, typer.Option(
-        "--hub", help="Hub URL [default: $QUANTGRID_HUB, else the one you logged in to, else http://127.0.0.1:8080]",
-        show_default=False)] = None,
-    download: Annotated[str | None, typer.Option(
-        "--download", metavar="VERSION", help="Also download this release (or 'latest') as a zip")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Where --download saves the zip")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
-) -> None:
+@settings_command(Flags(settings_of(ReleasesSettings)))
+def releases(**given: Any) -> None:
     """List a hub's published releases, newest first; the one in service is marked."""
     from quantgrid.hub.client import HubClient
 
-    with HubClient(hub) as client:
+    s = validate(ReleasesSettings, given, settings_of(ReleasesSettings), what="releases option",
+                 hint="see `quantgrid releases --help`")
+    download, out, as_json = s.download, s.out, s.as_json
+    with HubClient(s.hub) as client:
         listing = client.releases()
         saved = None
         if download is not None:

@@ -3,24 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from quantgrid.cli._common import console
+from quantgrid.cli.options import Flags, settings_command
+from quantgrid.hub.contrib_settings import PackageSettings
+from quantgrid.settings import settings_of, validate
 
 
+@settings_command(Flags(settings_of(PackageSettings)))
 def package(
     adapter_dir: Annotated[Path, typer.Argument(help="The adapter directory `quantgrid train` wrote.")],
-    author: Annotated[str, typer.Option("--author", help="Your name, credited on the leaderboard.")],
-    dataset_desc: Annotated[str, typer.Option(
-        "--dataset-desc", help="One sentence on the training data (never the data itself).")],
-    out: Annotated[Path, typer.Option("--out", help="Directory to write the zip into.")] = Path("."),
-    name: Annotated[str | None, typer.Option(
-        "--name", help="Registry name \\[default: the adapter directory's name]", show_default=False)] = None,
-    improves: Annotated[str | None, typer.Option(
-        "--improves", help="Registry name of the adapter this one is a new version of (it becomes one only if "
-        "it beats the current version on the hub's hidden benchmark).")] = None,
+    **given: Any,
 ) -> None:
     """Package an adapter as quantgrid_submission_<ts>.zip: weights, config, manifest, training log and
     aggregate eval numbers only; prints every file left out and why.
@@ -29,7 +25,9 @@ def package(
     """
     from quantgrid.hub.submit import package as build
 
-    result = build(adapter_dir, author, dataset_desc, out, quiet=True, name=name, improves=improves)
+    s = validate(PackageSettings, given, settings_of(PackageSettings), what="package option",
+                 hint="see `quantgrid package --help`")
+    result = build(adapter_dir, s.author, s.dataset_desc, s.out, quiet=True, name=s.name, improves=s.improves)
     console.print("[bold green]READY FOR UPLOAD![/]")
     console.print(f"File: {result.path.name}", highlight=False)
     console.print(f"Hash: {result.sha256}", highlight=False)

@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel, ConfigDict, Field
 
 from quantgrid.cli._common import console
+from quantgrid.cli.options import Flags, settings_command
+from quantgrid.settings import settings_of, validate
 
 recipe_app = typer.Typer(help="The standardized training recipe: show it, hash it, check a recipe file.",
                          no_args_is_help=True)
 
 
+class ShowOptions(BaseModel):
+    """Where ``recipe show`` writes; the recipe itself is the positional file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out: Path | None = Field(None, description="write the YAML to this file instead of printing it",
+                             json_schema_extra={"short": "-o"})
+
+
 @recipe_app.command("show")
+@settings_command(Flags(settings_of(ShowOptions)))
 def show(
-    file: Path = typer.Argument(None, help="A recipe YAML to print resolved (default: the standard recipe)."),
-    out: Path = typer.Option(None, "--out", "-o", help="Write the YAML to this file instead of printing it."),
+    file: Annotated[Path | None, typer.Argument(
+        help="A recipe YAML to print resolved (default: the standard recipe).")] = None,
+    **given: Any,
 ) -> None:
     """Print the recipe as YAML (every setting, defaults filled in)."""
     from quantgrid.recipe import Recipe
 
+    out = validate(ShowOptions, given, settings_of(ShowOptions), what="recipe show option",
+                   hint="see `quantgrid recipe show --help`").out
     rec = Recipe.load(file) if file else Recipe()
     if out:
         rec.save(out)

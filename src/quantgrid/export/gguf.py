@@ -21,16 +21,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from quantgrid.errors import ExportError
+from quantgrid.export.settings import LLAMA_QUANT_OUTTYPES, OUTTYPES, WRITER_OUTTYPES  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     import gguf as gguf_t
 
-# Written by the gguf package directly.
-WRITER_OUTTYPES = ("f32", "f16", "q8_0")
-# Produced by llama.cpp's quantizer (llama_model_quantize) from an f16 file: base models only.
-LLAMA_QUANT_OUTTYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-                        "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
-OUTTYPES = (*WRITER_OUTTYPES, *LLAMA_QUANT_OUTTYPES)
 # HF model_type -> llama.cpp architecture. Mistral runs as "llama" in llama.cpp.
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "gemma": "gemma"}
 
@@ -424,25 +419,21 @@ def export_adapter(adapter_dir: str | Path, base_dir: str | Path, out: str | Pat
     never its weights, and never from the network.
     """
     import gguf
-    from safetensors.numpy import load_file
 
     from quantgrid.export import base_config
+    from quantgrid.lora_files import read_config, read_weights
     from quantgrid.ml.models import base_info, check_adapter_base
     from quantgrid.utils import atomic_path
 
     _check_outtype(outtype, WRITER_OUTTYPES)
     adapter_dir, out = Path(adapter_dir), Path(out)
-    cfg_path = adapter_dir / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise ExportError(f"{adapter_dir} is not an adapter directory (no adapter_config.json)",
-                          hint="pass the directory written by `quantgrid train`")
+    acfg = read_config(adapter_dir, error=ExportError)
     config = base_config(base_dir, what="adapter export")
     check_adapter_base(adapter_dir, base_info(str(base_dir), config))
     arch = _arch(config)
-    acfg = json.loads(cfg_path.read_text())
     if acfg.get("use_dora") or acfg.get("use_rslora"):
         raise ExportError("GGUF LoRA export supports plain LoRA only (no DoRA / rsLoRA)")
-    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    factors = read_weights(adapter_dir, acfg, error=ExportError)
     _writable(out)
     tmap = _tensor_map(arch)
     with atomic_path(out) as tmp:
@@ -450,19 +441,19 @@ def export_adapter(adapter_dir: str | Path, base_dir: str | Path, out: str | Pat
         w.add_type(gguf.GGUFType.ADAPTER)
         _metadata(w, _adapter_metadata(adapter_dir, str(base_dir)))
         w.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(acfg["lora_alpha"]))
+        alpha = float(acfg["lora_alpha"])
+        w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for key in sorted(weights):
-            if ".lora_A." not in key and ".lora_B." not in key:
-                raise ExportError(f"adapter tensor {key!r} is not a LoRA factor",
-                                  hint="modules_to_save / bias tensors cannot be exported to GGUF")
-            # base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight -> model.layers.0.self_attn.q_proj.weight
-            which = "a" if ".lora_A." in key else "b"
-            hf_name = key.removeprefix("base_model.model.").split(".lora_")[0] + ".weight"
-            data = weights[key].astype(np.float32)
-            if which == "b":
-                data = _maybe_permute(hf_name, data, arch)
-            data, raw = _encode(np.ascontiguousarray(data), outtype)
-            w.add_tensor(f"{_gguf_name(tmap, hf_name)}.lora_{which}", data, raw_dtype=raw)
+        for module, f in factors.items():  # sorted by module, as PEFT's tensor names sort
+            # model.layers.0.self_attn.q_proj -> the base weight model.layers.0.self_attn.q_proj.weight
+            hf_name = module + ".weight"
+            b = f.B.numpy()
+            # llama.cpp scales every module by alpha / (its rank); a module whose alpha_pattern
+            # entry differs gets the ratio folded into B, so the product stays PEFT's.
+            if alpha and (ratio := f.scaling / (alpha / f.rank)) != 1.0:
+                b = b * np.float32(ratio)
+            for which, data in (("a", f.A.numpy()), ("b", _maybe_permute(hf_name, b, arch))):
+                data, raw = _encode(np.ascontiguousarray(data), outtype)
+                w.add_tensor(f"{_gguf_name(tmap, hf_name)}.lora_{which}", data, raw_dtype=raw)
         _write(w)
     return out

@@ -7,8 +7,16 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-_OUTTYPE = ("tensor type for 2-D weights: f32, f16 or q8_0 (norms stay f32); a base may also be q4_k_m, q5_k_m "
-            "or q6_k (quantized by llama.cpp)")
+# The GGUF tensor types, here (not in the gguf module, which imports numpy) so the help lists
+# exactly what the exporter accepts. Written by the gguf package directly:
+WRITER_OUTTYPES = ("f32", "f16", "q8_0")
+# Produced by llama.cpp's quantizer (llama_model_quantize) from an f16 file: base models only.
+LLAMA_QUANT_OUTTYPES = {"q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+                        "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+OUTTYPES = (*WRITER_OUTTYPES, *LLAMA_QUANT_OUTTYPES)
+
+_OUTTYPE = (f"tensor type for 2-D weights: {', '.join(WRITER_OUTTYPES)} (norms stay f32); a base may also be "
+            f"{', '.join(LLAMA_QUANT_OUTTYPES)} (quantized by llama.cpp)")
 _BASE = "base model id or path (default: the adapter's recipe)"
 
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from quantgrid.cli import app
 
 # Options a command has that are actions, not settings.
-ACTIONS = {"help", "list_metrics"}
+ACTIONS = {"help", "list_metrics", "list_topics"}
 
 
 def _commands(cmd=None, path=()):
@@ -36,6 +36,19 @@ def _options(cmd):
 def test_the_redesigned_commands_use_generated_flags():
     assert {"train", "serve", "hub serve", "hub worker", "hub rotate-benchmark", "hub user add", "eval", "export merged",
             "export gguf", "export ollama"} <= set(GENERATED)
+    assert {"package", "data check", "data normalize", "data split", "data leakage", "data finance",
+            "data from-feedback", "data sample", "base tiny", "recipe show", "propose", "registry", "login", "whoami",
+            "push", "status", "leaderboard", "upvote", "releases", "demo", "alpha synth"} <= set(GENERATED)
+
+
+# Commands whose every option is generated: no hand-written typer.Option is left in them.
+def test_no_hand_written_options_in_the_converted_commands():
+    for name in ("package", "data check", "data normalize", "data split", "data leakage", "data from-feedback",
+                 "data sample", "base tiny", "recipe show", "propose", "registry", "login", "push", "status",
+                 "leaderboard", "releases", "demo", "alpha synth"):
+        cmd = GENERATED[name]
+        generated = {k for g in cmd.callback.settings_groups for k in g.settings}
+        assert {p.name for p in _options(cmd)} - ACTIONS <= generated, name
 
 
 @pytest.mark.parametrize("name", sorted(GENERATED))
@@ -78,6 +91,16 @@ BASE_ARGS = {
     "hub user revoke": ["alice"],
     "alpha backtest": ["rank(close)"],
     "alpha score": ["answers.txt"],
+    "alpha synth": ["panel.csv"],
+    "base tiny": ["out"],
+    "data check": ["x.jsonl"],
+    "data normalize": ["x.jsonl"],
+    "data split": ["x.jsonl"],
+    "data leakage": ["a.jsonl", "b.jsonl"],
+    "data from-feedback": ["store.jsonl", "--out", "o.jsonl"],
+    "data sample": ["x.jsonl"],
+    "package": ["adapter", "--author", "a", "--dataset-desc", "d"],
+    "propose": ["queries.txt", "--domain", "d"],
 }
 
 
@@ -118,3 +141,49 @@ def test_reported_flag_bugs(args, flag, tmp_path, monkeypatch):
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2 and flag in r.output and "hint:" in r.output, r.output
     assert "router_method" not in r.output and "local_timeout_s" not in r.output
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["package", "adapter", "--dataset-desc", "d"], "--author"),
+    (["package", "adapter", "--author", "a"], "--dataset-desc"),
+    (["propose", "queries.txt"], "--domain"),
+    (["data", "from-feedback", "store.jsonl"], "--out"),
+])
+def test_a_missing_required_setting_names_its_flag(args, flag, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "hint:" in r.output, r.output
+    assert f"{flag}: required, and not given" in r.output.split("hint:")[0], r.output
+
+
+def _help(*words):
+    r = CliRunner().invoke(app, [*words, "--help"], env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})
+    assert r.exit_code == 0, r.output
+    return " ".join(r.output.split())
+
+
+def test_export_outtype_help_lists_every_supported_type():
+    from quantgrid.export.gguf import OUTTYPES
+
+    for command in ("gguf", "ollama"):
+        text = _help("export", command)
+        assert all(t in text for t in OUTTYPES), (command, text)
+
+
+def test_base_tiny_family_lists_every_family_and_reaches_the_builder(tmp_path, monkeypatch):
+    import json
+
+    from quantgrid.ml import models
+    from quantgrid.ml.tiny import TINY_FAMILIES
+
+    text = _help("base", "tiny")
+    assert "--family" in text and all(f in text for f in TINY_FAMILIES), text
+    real = models.build_tiny_base
+    monkeypatch.setattr(models, "build_tiny_base", lambda out, **kw: real(out, pretrain_steps=0, **kw))
+    r = CliRunner().invoke(app, ["base", "tiny", str(tmp_path / "q"), "--family", "qwen2", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["model_type"] == "qwen2"
+    assert "quantgrid-tiny-qwen2-test" in r.output
+    r = CliRunner().invoke(app, ["base", "tiny", str(tmp_path / "p"), "--family", "phi"])
+    assert r.exit_code == 2 and "--family" in r.output and "qwen2" in r.output, r.output
+    assert not (tmp_path / "p").exists()
