@@ -38,6 +38,7 @@ def hub(tmp_path_factory):
     h = HubProcess(root / "storage", args=("--no-worker",))
     h.start()
     h.tokens = {name: h.add_user(name) for name in ("alice", "bob")}
+    h.tokens["root"] = h.add_user("root", admin=True)  # a maintainer, for human evaluation
     yield h
     h.stop()
 
@@ -155,3 +156,48 @@ def test_pages_work_from_the_keyboard(hub, page):
         if page.evaluate("document.activeElement.id") == "token":
             break
     assert page.evaluate("document.activeElement.id") == "token"
+
+
+def _grade(page, side: str, scores: tuple[int, int, int, int], flag: str) -> None:
+    for dim, score in zip(("Clarity", "Correctness", "Number accuracy", "Strategy quality"), scores, strict=True):
+        page.get_by_role("group", name=f"Answer {side}: {dim}").get_by_label(str(score), exact=True).check()
+    page.get_by_role("group", name=f"Answer {side}: does it flag the risk?").get_by_label(flag, exact=True).check()
+
+
+def test_a_maintainer_grades_answer_pairs_blind(hub, page, tmp_path):
+    sub_id = _push_and_accept(hub, "alice", b"PK\x03\x04graded-adapter", "graded.zip")
+    pairs = {"benchmark": "finance-dev", "pairs": [
+        {"question_id": f"fd-{i}", "question": f"What is the current ratio of firm {i}?", "context": "assets 10; debts 5",
+         "base_answer": f"It is probably fine #{i}.", "candidate_answer": f"Current ratio = 10 / 5 = 2.0 #{i}; liquidity risk is low."}
+        for i in range(2)]}
+    r = httpx.post(f"{hub.url}/v1/human-eval/adapter/{sub_id}/pairs", json=pairs, timeout=30,
+                   headers={"Authorization": f"Bearer {hub.tokens['root']}"})
+    assert r.status_code == 201 and r.json() == {"added": 2}
+    # a contributor is refused
+    _sign_in(page, hub, "bob")
+    assert page.goto(f"{hub.url}/human-eval").status == 403
+    page.get_by_role("button", name="Sign out").click()
+
+    _sign_in(page, hub, "root")
+    page.get_by_role("link", name="Human evaluation").click()
+    page.get_by_role("link", name=f"Grade adapter {sub_id}").click()
+    main = page.inner_text("main")
+    assert "0 of 2 pairs" in main and "Answer A" in main and "Answer B" in main
+    assert "base" not in main.lower() and "candidate" not in main.lower()  # blind
+    _shot(page, tmp_path, "human-eval")
+    for done in (1, 2):
+        # grade whichever side holds the worked answer higher, as a grader reading them would
+        a_text = page.locator("#answer-a + pre").inner_text()
+        good, bad = ((5, 5, 5, 4), (2, 1, 1, 1))
+        _grade(page, "A", good if "Current ratio" in a_text else bad, "yes" if "Current ratio" in a_text else "no")
+        _grade(page, "B", bad if "Current ratio" in a_text else good, "no" if "Current ratio" in a_text else "yes")
+        page.get_by_role("button", name="Save grades").click()
+        assert "Grades recorded." in page.get_by_role("status").inner_text()
+        assert f"{done} of 2 pairs" in page.inner_text("main")
+    assert "Nothing left to grade" in page.inner_text("main")
+    got = httpx.get(f"{hub.url}/v1/human-eval/adapter/{sub_id}", timeout=30).json()
+    assert got["grades"] == 2 and got["win_rate"] == 1.0 and got["dimensions"]["risk_flag"]["candidate"] == 1.0
+    page.goto(f"{hub.url}/")
+    row = page.get_by_role("row").filter(has_text=f"adapter-{sub_id} v1")
+    assert "100% (2 grades)" in row.inner_text()
+    assert page.dialogs == []
