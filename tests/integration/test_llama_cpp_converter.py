@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _adapters import random_lora
 
 pytestmark = pytest.mark.slow
 
@@ -91,20 +92,10 @@ def test_base_matches_convert_hf_to_gguf(llama_cpp_tree, tiny_family_base, tmp_p
 
 @pytest.mark.parametrize("family", ["llama-spm", "qwen2", "gemma"])
 def test_adapter_matches_convert_lora_to_gguf(llama_cpp_tree, tiny_family_base, tmp_path, family):
-    import torch
-
     from quantgrid.export.gguf import export_adapter
-    from quantgrid.ml.models import attach_lora, load_base
-    from quantgrid.recipe import Recipe
 
     base = tiny_family_base(family)
-    model, _ = load_base(base)
-    peft_model = attach_lora(model, Recipe(base_model=base))
-    gen = torch.Generator().manual_seed(5)
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            p.data = torch.randn(p.shape, generator=gen) * 0.05
-    peft_model.save_pretrained(tmp_path / "adapter")
+    random_lora(base, tmp_path / "adapter", seed=5, manifest=False)
     _convert(llama_cpp_tree, "convert_lora_to_gguf.py", str(tmp_path / "adapter"), "--base", base, "--outtype",
              "f32", "--outfile", str(tmp_path / "ref.gguf"))
     ours_t, ours_f = _read(export_adapter(tmp_path / "adapter", base, tmp_path / "ours.gguf", "f32"))

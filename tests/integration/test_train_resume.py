@@ -61,13 +61,19 @@ def test_interrupted_and_resumed_run_equals_straight_run(tiny_base, small_data, 
     assert not checkpoints_dir(out).exists()  # removed once the adapter is written
 
 
-def test_resume_refuses_a_checkpoint_from_another_run(tiny_base, small_data, tmp_path):
+def _interrupted_run(base: str, data: Path, out: Path):
+    """The trainer of a run into ``out`` stopped by Ctrl-C at step 1, its checkpoint left behind."""
     from quantgrid.ml.trainer import QuantGridTrainer, TrainingInterrupted
 
-    out = tmp_path / "run"
-    t = QuantGridTrainer(base_model=tiny_base)
+    t = QuantGridTrainer(base_model=base)
     with pytest.raises(TrainingInterrupted):
-        t.train(small_data, out, on_step=_interrupt_at(1), **SETTINGS)
+        t.train(data, out, on_step=_interrupt_at(1), **SETTINGS)
+    return t
+
+
+def test_resume_refuses_a_checkpoint_from_another_run(tiny_base, small_data, tmp_path):
+    out = tmp_path / "run"
+    t = _interrupted_run(tiny_base, small_data, out)
     with pytest.raises(ConfigError, match="different run") as e:
         t.train(small_data, out, resume=True, **{**SETTINGS, "lora_rank": 4})
     assert "recipe_hash" in str(e.value)
@@ -75,12 +81,9 @@ def test_resume_refuses_a_checkpoint_from_another_run(tiny_base, small_data, tmp
 
 def test_a_fresh_run_does_not_silently_drop_an_unfinished_one(tiny_base, small_data, tmp_path):
     from quantgrid.ml.checkpoint import checkpoints_dir, list_checkpoints
-    from quantgrid.ml.trainer import QuantGridTrainer, TrainingInterrupted
 
     out = tmp_path / "run"
-    t = QuantGridTrainer(base_model=tiny_base)
-    with pytest.raises(TrainingInterrupted):
-        t.train(small_data, out, on_step=_interrupt_at(1), **SETTINGS)
+    t = _interrupted_run(tiny_base, small_data, out)
     with pytest.raises(ConfigError, match="unfinished run") as e:
         t.train(small_data, out, **SETTINGS)
     assert "--resume" in e.value.hint and "--overwrite" in e.value.hint

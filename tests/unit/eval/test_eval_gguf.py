@@ -6,30 +6,17 @@ from __future__ import annotations
 import json
 
 import pytest
+from _adapters import random_lora
 
 pytest.importorskip("llama_cpp")
 
 
 @pytest.fixture(scope="module")
 def files(tiny_base, tmp_path_factory):
-    import torch
-
-    from quantgrid.adapter import write_manifest
     from quantgrid.export.gguf import export_adapter, export_base
-    from quantgrid.ml.models import attach_lora, base_info, load_base
-    from quantgrid.recipe import Recipe
 
     d = tmp_path_factory.mktemp("gguf-eval")
-    model, _ = load_base(tiny_base)
-    recipe = Recipe(base_model=tiny_base)
-    peft_model = attach_lora(model, recipe)
-    gen = torch.Generator().manual_seed(2)
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            p.data = torch.randn(p.shape, generator=gen) * 0.02
-    peft_model.save_pretrained(d / "adapter")
-    info = base_info(tiny_base)
-    write_manifest(d / "adapter", recipe=recipe, base_name=info.name, base_fingerprint=info.fingerprint)
+    random_lora(tiny_base, d / "adapter", seed=2, scale=0.02)
     return {"dir": d, "adapter": d / "adapter", "f32": export_base(tiny_base, d / "base-f32.gguf", "f32"),
             "q8": export_base(tiny_base, d / "base-q8.gguf", "q8_0"),
             "lora": export_adapter(d / "adapter", tiny_base, d / "lora.gguf")}

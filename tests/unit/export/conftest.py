@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from _adapters import random_lora
 
 from quantgrid.ml.tiny import TINY_FAMILIES
 
@@ -9,23 +10,7 @@ PROMPT = "Question: What is the price to earnings ratio of a stock?\nAnswer: 12.
 
 def make_random_adapter(base: str, out) -> str:
     """A LoRA adapter with non-zero B (so it changes the logits), saved by PEFT, with a manifest."""
-    import torch
-
-    from quantgrid.adapter import write_manifest
-    from quantgrid.ml.models import attach_lora, base_info, load_base
-    from quantgrid.recipe import Recipe
-
-    model, _ = load_base(base)
-    recipe = Recipe(base_model=base)
-    peft_model = attach_lora(model, recipe)
-    gen = torch.Generator().manual_seed(1)
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            p.data = torch.randn(p.shape, generator=gen) * 0.05
-    peft_model.save_pretrained(out)
-    info = base_info(base)
-    write_manifest(out, recipe=recipe, base_name=info.name, base_fingerprint=info.fingerprint)
-    return str(out)
+    return str(random_lora(base, out, seed=1))
 
 
 def make_reference(base: str, adapter: str, prompt: str = PROMPT) -> dict:

@@ -9,6 +9,7 @@ import platform
 from pathlib import Path
 
 import pytest
+from _adapters import random_lora
 
 from quantgrid.errors import ModelError
 
@@ -132,17 +133,9 @@ def test_qlora_adapter_merges_into_the_dequantized_nf4_weights_on_cpu(bnb, tiny_
     from safetensors.torch import load_file
 
     from quantgrid.export.merged import export_merged
-    from quantgrid.ml.models import attach_lora, load_base
-    from quantgrid.recipe import Recipe
+    from quantgrid.ml.models import load_base
 
-    model, _ = load_base(tiny_base)
-    peft_model = attach_lora(model, Recipe(base_model=tiny_base))
-    gen = torch.Generator().manual_seed(3)
-    for name, p in peft_model.named_parameters():
-        if "lora_B" in name:
-            p.data = torch.randn(p.shape, generator=gen) * 0.05
-    adapter = tmp_path / "qlora"
-    peft_model.save_pretrained(adapter)
+    adapter = random_lora(tiny_base, tmp_path / "qlora", seed=3, manifest=False)
     (adapter / "training").mkdir()
     (adapter / "training" / "train_config.yaml").write_text("load_in_4bit: true\n")
     out = export_merged(adapter, tmp_path / "merged", tiny_base)
