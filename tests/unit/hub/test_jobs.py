@@ -114,7 +114,7 @@ def test_jobs_without_a_handler_stay_queued_and_unknown_kinds_are_an_error(hub):
 
     settings, db = hub
     (jid,) = _add(db, 1, kind="validate")
-    assert set(jobs.resolve_handlers()) == {"validate", "release"}  # imported by name, none skipped
+    assert set(jobs.resolve_handlers()) == {"validate", "release", "human_eval"}  # imported by name, none skipped
     with pytest.raises(ConfigError, match="unknown job kind"):
         jobs.resolve_handlers(["valdiate"])
     handlers = jobs.resolve_handlers(["release"])  # a worker for releases only
