@@ -1,9 +1,9 @@
 """The adapter directory and its manifest (``quantgrid.json``).
 
 An adapter directory is a plain PEFT adapter (``adapter_config.json`` +
-``adapter_model.safetensors``) plus quantgrid's manifest and the training/eval records
-(docs/architecture.md, "The formats between the journeys"). This module imports without
-torch: the hub and thin clients use it.
+``adapter_model.safetensors``, read and written by :mod:`quantgrid.lora_files`) plus
+quantgrid's manifest and the training/eval records (docs/architecture.md, "The formats
+between the journeys"). This module imports without torch: the hub and thin clients use it.
 """
 
 from __future__ import annotations
@@ -16,12 +16,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from quantgrid import __version__
+from quantgrid.lora_files import CONFIG, WEIGHTS, peft_key
 from quantgrid.recipe import Recipe
 from quantgrid.utils import atomic_write_text, sha256_file
 
 MANIFEST = "quantgrid.json"
-CONFIG = "adapter_config.json"
-WEIGHTS = "adapter_model.safetensors"
 REQUIRED_FILES = (CONFIG, WEIGHTS, MANIFEST)
 # Files that hold raw training data: never packaged, never hashed into the manifest.
 RAW_DATA_FILES = ("training/dataset.jsonl",)
@@ -107,6 +106,7 @@ def read_manifest(adapter_dir: str | Path) -> Manifest:
 
 
 def is_adapter_dir(path: str | Path) -> bool:
+    """A quantgrid adapter directory: PEFT's config and quantgrid's manifest."""
     p = Path(path)
     return (p / CONFIG).is_file() and (p / MANIFEST).is_file()
 
@@ -289,9 +289,9 @@ def expected_lora_shapes(recipe: Recipe, base: BaseShape) -> dict[str, tuple[int
                               hint=f"target modules must be among {', '.join(_PARENT)}")
         d_in, d_out = base.module_dims(module)
         for layer in range(base.num_layers):
-            prefix = f"base_model.model.model.layers.{layer}.{_PARENT[module]}.{module}"
-            out[f"{prefix}.lora_A.weight"] = (r, d_in)
-            out[f"{prefix}.lora_B.weight"] = (d_out, r)
+            name = f"model.layers.{layer}.{_PARENT[module]}.{module}"
+            out[peft_key(name, "A")] = (r, d_in)
+            out[peft_key(name, "B")] = (d_out, r)
     return out
 
 
@@ -470,7 +470,11 @@ def check_submission(data: bytes, recipe: Recipe, base: BaseShape,
     ``ValidationError`` whose ``check`` names the rule (``archive.*``, ``safetensors.*``,
     ``weights.*``, ``config.*``, ``manifest.*``).
     """
+    import functools
+
     from quantgrid.archive import Caps, read_zip
+    from quantgrid.errors import ValidationError
+    from quantgrid.lora_files import read_config
 
     limits = limits or StaticLimits()
     caps = Caps(**limits.caps)
@@ -483,7 +487,7 @@ def check_submission(data: bytes, recipe: Recipe, base: BaseShape,
             raise _fail("archive.content", f"{name} is not a PNG image")
     check_private(files)
     manifest = check_manifest(files, base)
-    config = _json_entry(files, CONFIG, "config.invalid")
+    config = read_config(files[CONFIG], error=functools.partial(ValidationError, check="config.invalid"))
     notes = check_adapter_config(config, recipe, base)
     norms = check_weights(files[WEIGHTS], recipe, base, limits)
     return CheckedSubmission(files=files, manifest=manifest, config=config, notes=notes, tensor_norms=norms)

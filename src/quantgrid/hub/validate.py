@@ -228,24 +228,22 @@ def _report(checks: list[Check], *, decimals: int, diagnoses: list[str] = (), no
 # ---------------------------------------------------------------- files the hub writes itself
 
 
-def _write_adapter(out: Path, weights: bytes, recipe: Recipe) -> Path:
-    """The hub's own adapter_config.json (from the recipe) next to already-validated weights."""
+def _write_adapter(out: Path, weights: bytes | dict, recipe: Recipe) -> Path:
+    """The hub's own adapter_config.json (from the recipe) next to validated weights: the
+    submission's bytes (stage 1 checked every name and shape) or factors read from them."""
+    from quantgrid.lora_files import write_adapter
     from quantgrid.ml.models import lora_config
 
-    out.mkdir(parents=True, exist_ok=True)
     cfg = lora_config(recipe, inference=True)
     cfg.base_model_name_or_path = None
-    cfg.save_pretrained(str(out))
-    (out / WEIGHTS).write_bytes(weights)
-    return out
+    return write_adapter(out, weights, cfg)
 
 
 def _factors(weights: bytes, recipe: Recipe):
-    from safetensors.torch import load
+    """Factors of validated weights, scaled by the hub's recipe (never the submitter's config)."""
+    from quantgrid.lora_files import read_weights
 
-    from quantgrid.merge.methods import factors_from_state_dict
-
-    return factors_from_state_dict(load(weights), {"r": recipe.lora.r, "lora_alpha": recipe.lora.alpha})
+    return read_weights(weights, {"r": recipe.lora.r, "lora_alpha": recipe.lora.alpha})
 
 
 # ---------------------------------------------------------------- the pipeline
@@ -359,7 +357,7 @@ def _stage2(sub: CheckedSubmission, static: Check, *, recipe: Recipe, base_path:
             accepted: Sequence[AcceptedAdapter], releases: Sequence[PublishedRelease], contributor: str | None,
             release_dir: Path | None, cfg: ValidationConfig, tmp: Path, say: Callable[[str], None]) -> Verdict:
     from quantgrid.eval.loss import bootstrap_delta_ci, completion_losses, load_for_eval
-    from quantgrid.merge.methods import delta_norm, state_dict_from_factors
+    from quantgrid.merge.methods import delta_norm
     from quantgrid.ml.models import load_adapter
 
     say("near-duplicate search")
@@ -373,9 +371,7 @@ def _stage2(sub: CheckedSubmission, static: Check, *, recipe: Recipe, base_path:
     names: list[str | None] = [None, "candidate"]
     for i, o in enumerate(originals):
         if o.adapter_dir is None:
-            from safetensors.torch import save
-
-            o.adapter_dir = _write_adapter(tmp / f"original_{i}", save(state_dict_from_factors(o.factors)), recipe)
+            o.adapter_dir = _write_adapter(tmp / f"original_{i}", o.factors, recipe)
         model = load_adapter(model, o.adapter_dir, adapter_name=f"original_{i}")
         names.append(f"original_{i}")
     if release_dir is not None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,34 +43,9 @@ from typing import Any
 import torch
 
 from quantgrid.errors import ConfigError, ModelError
+from quantgrid.lora_files import LoraFactors
 
 # ------------------------------------------------------------------ data types
-
-
-@dataclass(frozen=True)
-class LoraFactors:
-    """One module's LoRA update: ``delta_W = scaling * B @ A``."""
-
-    A: torch.Tensor  # [r, d_in]
-    B: torch.Tensor  # [d_out, r]
-    scaling: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.A.dim() != 2 or self.B.dim() != 2 or self.A.shape[0] != self.B.shape[1]:
-            raise ModelError(f"LoRA factor shapes do not fit: A {tuple(self.A.shape)}, B {tuple(self.B.shape)}",
-                             hint="A must be [r, d_in] and B [d_out, r] (PEFT's lora_A / lora_B weights)")
-
-    @property
-    def rank(self) -> int:
-        return self.A.shape[0]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.B.shape[0], self.A.shape[1]
-
-    def delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The dense ``[d_out, d_in]`` update. Only for tests, dense methods and small modules."""
-        return self.scaling * (self.B.to(dtype) @ self.A.to(dtype))
 
 
 Adapter = Mapping[str, LoraFactors]
@@ -111,40 +85,16 @@ class MergeResult:
 # ------------------------------------------------------------------ PEFT state dicts
 
 
-_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<side>[AB])(?:\.[^.]+)?\.weight$")
-
-
-def _pattern_value(module: str, pattern: Mapping[str, Any] | None, default: Any) -> Any:
-    # PEFT matches rank_pattern / alpha_pattern keys as a suffix regex of the module name.
-    for key, value in (pattern or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
-
-
 def factors_from_state_dict(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, LoraFactors]:
     """PEFT ``adapter_model.safetensors`` tensors + ``adapter_config.json`` -> factors.
 
-    The scaling follows PEFT: ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA), honouring
-    ``rank_pattern`` / ``alpha_pattern``.
+    The reading policy of :mod:`quantgrid.lora_files` (module names without PEFT's
+    prefix, float32, both factors of the config's rank); the scaling follows PEFT:
+    ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA), honouring ``rank_pattern`` / ``alpha_pattern``.
     """
-    sides: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in state.items():
-        m = _KEY.match(key)
-        if m is None:
-            raise ModelError(f"unexpected tensor {key!r} in a LoRA adapter",
-                             hint="only lora_A / lora_B weights can be merged; drop modules_to_save, biases, DoRA")
-        sides.setdefault(m["module"], {})[m["side"]] = tensor
-    r0, alpha0 = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
-    out = {}
-    for module, ab in sorted(sides.items()):
-        if set(ab) != {"A", "B"}:
-            raise ModelError(f"module {module!r} has lora_{''.join(ab)} but not both lora_A and lora_B")
-        r = int(_pattern_value(module, config.get("rank_pattern"), r0))
-        alpha = float(_pattern_value(module, config.get("alpha_pattern"), alpha0))
-        scaling = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
-        out[module] = LoraFactors(ab["A"], ab["B"], scaling)
-    return out
+    from quantgrid.lora_files import factors_from_state_dict as parse
+
+    return parse(state, config)
 
 
 def state_dict_from_factors(factors: Adapter, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:

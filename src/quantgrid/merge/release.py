@@ -4,7 +4,8 @@ A release is every accepted adapter (releases are cumulative) merged into one pl
 PEFT adapter directory, loadable by PEFT and vLLM::
 
     releases/2026.47/
-        adapter_config.json         r = lora_alpha = rank (scaling 1), the recipe's targets
+        adapter_config.json         PEFT's LoraConfig: r = lora_alpha = rank (scaling 1), the
+                                    recipe's targets, the base's id (never a local path)
         adapter_model.safetensors
         quantgrid.json              the adapter manifest (base fingerprint, file hashes)
         release.json                what went in: adapters, weights, merge errors, metrics
@@ -41,12 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from quantgrid.errors import ConfigError, Conflict, ModelError, NotFound
+from quantgrid.lora_files import CONFIG, WEIGHTS
 from quantgrid.merge.methods import (
     LoraFactors,
-    factors_from_state_dict,
     impact_weights,
     merge,
-    state_dict_from_factors,
 )
 from quantgrid.merge.schedule import (  # noqa: F401 - re-exported: the release API in one place
     UTC,
@@ -69,45 +69,42 @@ CURRENT = "CURRENT"
 
 def read_factors(adapter_dir: str | Path) -> dict[str, LoraFactors]:
     """A PEFT adapter directory's LoRA factors (safetensors only; nothing is unpickled)."""
-    from safetensors.torch import load_file
+    from quantgrid.lora_files import is_lora_dir, read_weights
 
     d = Path(adapter_dir)
-    cfg, weights = d / "adapter_config.json", d / "adapter_model.safetensors"
-    if not cfg.is_file() or not weights.is_file():
-        raise ModelError(f"{d} is not a PEFT adapter directory (needs adapter_config.json and "
-                         "adapter_model.safetensors)", hint="pass the directory `quantgrid train` wrote")
-    return factors_from_state_dict(load_file(str(weights)), json.loads(cfg.read_text()))
+    if not is_lora_dir(d):
+        raise ModelError(f"{d} is not a PEFT adapter directory (needs {CONFIG} and {WEIGHTS})",
+                         hint="pass the directory `quantgrid train` wrote")
+    return read_weights(d)
 
 
 def read_factors_zip(data: bytes) -> dict[str, LoraFactors]:
     """Factors of a submission zip, read in memory (never extracted)."""
-    from safetensors.torch import load
-
     from quantgrid.adapter import is_allowed_file
     from quantgrid.archive import read_zip
+    from quantgrid.lora_files import read_config, read_weights
 
     files = read_zip(data, allowed=is_allowed_file, allowed_dirs=frozenset({"training", "eval"}))
-    if "adapter_config.json" not in files or "adapter_model.safetensors" not in files:
-        raise ModelError("the submission has no adapter_config.json / adapter_model.safetensors at its top level")
-    return factors_from_state_dict(load(files["adapter_model.safetensors"]), json.loads(files["adapter_config.json"]))
+    if CONFIG not in files or WEIGHTS not in files:
+        raise ModelError(f"the submission has no {CONFIG} / {WEIGHTS} at its top level")
+    return read_weights(files[WEIGHTS], read_config(files[CONFIG]))
 
 
-def write_adapter(out_dir: Path, factors: dict[str, LoraFactors], rank: int, *, base_model: str,
+def release_config(rank: int, target_modules: Sequence[str], base_model: str | None) -> dict[str, Any]:
+    """The LoraConfig arguments of merged factors (scaling 1: r = lora_alpha = rank)."""
+    return {"r": rank, "lora_alpha": rank, "lora_dropout": 0.0, "bias": "none",
+            "target_modules": sorted(target_modules), "base_model_name_or_path": base_model}
+
+
+def write_adapter(out_dir: Path, factors: dict[str, LoraFactors], rank: int, *, base_model: str | None,
                   target_modules: Sequence[str]) -> None:
-    """Write factors (scaling 1) as a plain PEFT adapter: config with r = lora_alpha = rank."""
-    from safetensors.torch import save_file
+    """Write factors (scaling 1) as a plain PEFT adapter: PEFT's LoraConfig with r = lora_alpha
+    = rank, naming the base by its id (a local base path is never written)."""
+    from quantgrid.lora_files import write_adapter as write
 
     if any(abs(f.scaling - 1.0) > 1e-12 for f in factors.values()):
         raise ModelError("write_adapter expects merged factors with scaling 1")
-    config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-        "r": rank, "lora_alpha": rank, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
-        "target_modules": sorted(target_modules), "inference_mode": True, "init_lora_weights": True,
-        "use_rslora": False, "use_dora": False, "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {},
-    }
-    (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2))
-    save_file(state_dict_from_factors(factors), str(out_dir / "adapter_model.safetensors"),
-              metadata={"format": "pt"})
+    write(out_dir, factors, release_config(rank, target_modules, base_model))
 
 
 # ------------------------------------------------------------------ building
@@ -186,10 +183,13 @@ def build_release(out_dir: Path, contribs: Sequence[Contribution], recipe: Recip
     """Merge into ``out_dir`` (an empty directory) and return the release manifest (no metrics yet)."""
     from quantgrid.adapter import write_manifest
     from quantgrid.data.chat_template import save_chat_template
+    from quantgrid.lora_files import base_id
     from quantgrid.ml.models import base_info, load_tokenizer
 
     res, ordered = merge_contributions(contribs, recipe, opts)
-    write_adapter(out_dir, res.factors, res.rank, base_model=recipe.base_model,
+    # The hub's recipe often names its base by a local directory: the release's config names
+    # the base's id instead (its quantgrid_base.json name, else the recipe's Hugging Face id).
+    write_adapter(out_dir, res.factors, res.rank, base_model=base_id(base_path) or base_id(recipe.base_model),
                   target_modules=recipe.lora.target_modules)
     # The recipe's prompt as the tokenizer's chat template, as every adapter directory has it.
     save_chat_template(out_dir, load_tokenizer(base_path), recipe.prompt_template, recipe.system_prompt)
@@ -508,15 +508,17 @@ def trial_merge(current_release_dir: str | Path, candidate_dir: str | Path, out_
     ``N/(N+1) * release + 1/(N+1) * candidate``; the release's rank is kept. Writes a
     PEFT adapter directory (a temp dir if ``out_dir`` is None; the caller deletes it).
     """
+    from quantgrid.lora_files import read_config
+
     cur = Path(current_release_dir)
     manifest = json.loads((cur / RELEASE_MANIFEST).read_text()) if (cur / RELEASE_MANIFEST).is_file() else {}
     n = max(1, len(manifest.get("adapters", [])))
-    cfg = json.loads((cur / "adapter_config.json").read_text())
+    cfg = read_config(cur)
     res = merge([read_factors(cur), read_factors(candidate_dir)], [n / (n + 1), 1 / (n + 1)], method=method,
                 rank=int(cfg["r"]))
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix=f"qg-trial-{os.getpid()}-"))
     out.mkdir(parents=True, exist_ok=True)
-    write_adapter(out, res.factors, res.rank, base_model=cfg.get("base_model_name_or_path", ""),
+    write_adapter(out, res.factors, res.rank, base_model=cfg.get("base_model_name_or_path"),
                   target_modules=cfg["target_modules"])
     return out
 

@@ -20,8 +20,8 @@ import torch
 from quantgrid.data.chat_template import CHAT_TEMPLATE_FILE
 from quantgrid.data.profile import profile_terms
 from quantgrid.errors import ModelError
+from quantgrid.lora_files import CONFIG, WEIGHTS, is_lora_dir
 
-_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 _WORD = re.compile(r"[a-z][a-z0-9_-]{2,}")
 _STOPWORDS = frozenset(
     "the and for with from that this into over under about your their our are was were has have had "
@@ -66,9 +66,8 @@ def _manifest_text(manifest: dict) -> tuple[str, list[str]]:
 def describe_adapter(name: str, path: str | Path) -> AdapterInfo:
     """Check ``path`` is an adapter directory and read its manifest (no weights)."""
     p = Path(path).expanduser()
-    if not (p / "adapter_config.json").is_file() or not (p / "adapter_model.safetensors").is_file():
-        raise ModelError(f"adapter {name!r}: {p} is not an adapter directory "
-                         "(needs adapter_config.json and adapter_model.safetensors)",
+    if not is_lora_dir(p):
+        raise ModelError(f"adapter {name!r}: {p} is not an adapter directory (needs {CONFIG} and {WEIGHTS})",
                          hint="pass the directory that `quantgrid train` or `quantgrid package` wrote")
     desc, keywords, version, manifest = "", [], None, {}
     if (p / "quantgrid.json").is_file():
@@ -104,32 +103,20 @@ def keywords_from(text: str) -> list[str]:
 
 
 def read_adapter(path: Path) -> AdapterWeights:
-    """LoRA factors and scaling from a PEFT adapter directory (safetensors only, never pickle)."""
-    from safetensors.torch import load_file
+    """LoRA factors and scaling from a PEFT adapter directory (safetensors only, never pickle).
 
-    cfg = json.loads((path / "adapter_config.json").read_text())
+    Read by :mod:`quantgrid.lora_files`; the batched engine also needs one rank and alpha
+    for every module (one scaling per slot).
+    """
+    from quantgrid.lora_files import read_config, read_weights, uniform_scaling
+
+    path = Path(path)
+    cfg = read_config(path)
     if cfg.get("use_dora"):
         raise ModelError(f"{path}: DoRA adapters are not supported by the batched engine",
                          hint="train with the standard quantgrid recipe (plain LoRA)")
-    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
-        raise ModelError(f"{path}: per-module rank/alpha patterns are not supported",
-                         hint="use one r and lora_alpha for all modules, as the quantgrid recipe does")
-    r = int(cfg["r"])
-    alpha = float(cfg.get("lora_alpha", r))
-    scaling = alpha / (r ** 0.5) if cfg.get("use_rslora") else alpha / r
-    tensors = load_file(str(path / "adapter_model.safetensors"))
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    for key, t in tensors.items():
-        m = _KEY.match(key)
-        if m is None:
-            raise ModelError(f"{path}: unexpected tensor {key!r} in adapter_model.safetensors",
-                             hint="only LoRA A/B weights can be served (no bias or modules_to_save)")
-        parts.setdefault(m["module"], {})[m["ab"]] = t
-    factors = {}
-    for module, ab in parts.items():
-        if set(ab) != {"A", "B"}:
-            raise ModelError(f"{path}: module {module} has lora_{next(iter(ab))} without its pair")
-        factors[module] = (ab["A"], ab["B"])
+    r, scaling = uniform_scaling(cfg, where=str(path))
+    factors = {module: (f.A, f.B) for module, f in read_weights(path, cfg).items()}
     return AdapterWeights(factors=factors, scaling=scaling, rank=r)
 
 
