@@ -25,25 +25,16 @@ openai = pytest.importorskip("openai")
 ollama = pytest.importorskip("ollama")
 uvicorn = pytest.importorskip("uvicorn")
 
+from _adapters import save_peft_adapter  # noqa: E402
+
 from quantgrid.serve.app import create_app  # noqa: E402
 from quantgrid.serve.settings import ServeSettings  # noqa: E402
 from quantgrid.serve.upstream import UpstreamConfig  # noqa: E402
 
 
 def _adapter(base: str, out: Path, seed: int, description: str) -> Path:
-    from peft import LoraConfig, get_peft_model
-
-    from quantgrid.ml.models import load_base
-
-    model, _ = load_base(base)
-    torch.manual_seed(seed)
-    pm = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["o_proj"], lora_dropout=0.0))
-    for name, p in pm.named_parameters():
-        if "lora_" in name:
-            torch.nn.init.normal_(p, std=0.5)
-    pm.save_pretrained(str(out))
-    (out / "quantgrid.json").write_text(json.dumps({"dataset": {"description": description}}))
-    return out
+    """A rank-8 LoRA on o_proj whose dataset description says what it is for."""
+    return save_peft_adapter(base, out, seed, 8, ["o_proj"], description)
 
 
 def _free_socket() -> socket.socket:

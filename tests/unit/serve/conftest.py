@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from serve_helpers import engine_with
+from _adapters import save_peft_adapter
+from serve_helpers import running_engine
 
 torch = pytest.importorskip("torch")
 
@@ -18,23 +18,6 @@ ADAPTER_SPECS = [
 ]
 
 
-def save_peft_adapter(base: str, out: Path, seed: int, r: int, targets: list[str], description: str) -> Path:
-    """A LoRA saved by PEFT, with random non-zero A and B so it changes the output."""
-    from peft import LoraConfig, get_peft_model
-
-    from quantgrid.ml.models import load_base
-
-    model, _ = load_base(base)
-    torch.manual_seed(seed)
-    pm = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0))
-    for name, p in pm.named_parameters():
-        if "lora_" in name:
-            torch.nn.init.normal_(p, std=0.5)
-    pm.save_pretrained(str(out))
-    (out / "quantgrid.json").write_text(json.dumps({"dataset": {"description": description}}))
-    return out
-
-
 @pytest.fixture(scope="session")
 def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapters")
@@ -44,10 +27,8 @@ def adapters(tiny_base, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def engine(tiny_base, adapters):
-    eng = engine_with(tiny_base, adapters, max_batch=8, max_slots=2)
-    eng.start()
-    yield eng
-    eng.stop()
+    with running_engine(tiny_base, adapters, max_batch=8, max_slots=2) as eng:
+        yield eng
 
 
 

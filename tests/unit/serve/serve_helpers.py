@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 
@@ -14,6 +15,17 @@ def engine_with(base: str, adapters: Mapping[str, Path], **kwargs):
     for name, path in adapters.items():
         eng.register_adapter(name, path)
     return eng
+
+
+@contextlib.contextmanager
+def running_engine(base: str, adapters: Mapping[str, Path], **kwargs) -> Iterator:
+    """:func:`engine_with`, started for the block and stopped after it."""
+    eng = engine_with(base, adapters, **kwargs)
+    eng.start()
+    try:
+        yield eng
+    finally:
+        eng.stop()
 
 
 def peft_with(base: str, adapters: Mapping[str, Path]):

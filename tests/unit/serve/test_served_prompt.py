@@ -13,7 +13,7 @@ import json
 
 import pytest
 import torch
-from serve_helpers import engine_with, peft_with
+from serve_helpers import peft_with, running_engine
 from serve_trained import TRAINED_SPECS
 
 from quantgrid.data import Example
@@ -49,10 +49,8 @@ def training_prompt_ids(tok, messages, template: str) -> list[int]:
 
 @pytest.fixture(scope="module")
 def served(tiny_base, trained_adapters):
-    eng = engine_with(tiny_base, trained_adapters, max_batch=8, max_slots=3)
-    eng.start()
-    yield eng
-    eng.stop()
+    with running_engine(tiny_base, trained_adapters, max_batch=8, max_slots=3) as eng:
+        yield eng
 
 
 @pytest.fixture(scope="module")
