@@ -522,32 +522,36 @@ def _words(text: str) -> int:
     return len(re.findall(r"[A-Za-z]{2,}", text))
 
 
+def _log_section(d: Path, name: str, heading: re.Pattern[str], title: str, *, absent: str, short: str,
+                 ok: str) -> CheckItem:
+    """Check ``name``: TRAINING_LOG has a section under ``heading`` (shown as ``## title``) of at least
+    MIN_SECTION_WORDS words. ``absent`` says what to write there, ``short`` what to add to it, and
+    ``ok`` is the detail of a pass, with ``{words}`` the section's word count."""
+    p = d / TRAINING_LOG
+    body = _section(p.read_text(encoding="utf-8", errors="replace"), heading) if p.is_file() else None
+    if body is None:
+        return CheckItem(name, False, f"{TRAINING_LOG} has no '## {title}' section: {absent}")
+    words = _words(body)
+    if words < MIN_SECTION_WORDS:
+        return CheckItem(name, False, f"the '## {title}' section has {words} word(s); {short} in at least "
+                                      f"{MIN_SECTION_WORDS}")
+    return CheckItem(name, True, ok.format(words=words))
+
+
 def _data_sources(d: Path) -> CheckItem:
     name = "data sources documented"
-    p = d / TRAINING_LOG
-    if not p.is_file():
+    if not (d / TRAINING_LOG).is_file():
         return CheckItem(name, False, f"{TRAINING_LOG} is missing")
-    body = _section(p.read_text(encoding="utf-8", errors="replace"), _SOURCES_HEADING)
-    if body is None:
-        return CheckItem(name, False, f"{TRAINING_LOG} has no '## Data sources' section: say where the data came "
-                                      "from (the data commands add one for generated data)")
-    if _words(body) < MIN_SECTION_WORDS:
-        return CheckItem(name, False, f"the '## Data sources' section has {_words(body)} word(s); describe the "
-                                      f"sources in at least {MIN_SECTION_WORDS}")
-    return CheckItem(name, True, f"{TRAINING_LOG} documents the data sources ({_words(body)} words)")
+    return _log_section(d, name, _SOURCES_HEADING, "Data sources",
+                        absent="say where the data came from (the data commands add one for generated data)",
+                        short="describe the sources", ok=f"{TRAINING_LOG} documents the data sources ({{words}} words)")
 
 
 def _copyright(d: Path) -> CheckItem:
-    name = "copyright declaration"
-    p = d / TRAINING_LOG
-    body = _section(p.read_text(encoding="utf-8", errors="replace"), _COPYRIGHT_HEADING) if p.is_file() else None
-    if body is None:
-        return CheckItem(name, False, f"{TRAINING_LOG} has no '## Copyright' section: declare that you may share "
-                                      "an adapter trained on this data (its licence, or that it is your own)")
-    if _words(body) < MIN_SECTION_WORDS:
-        return CheckItem(name, False, f"the '## Copyright' section has {_words(body)} word(s); state the licence "
-                                      f"or ownership in at least {MIN_SECTION_WORDS}")
-    return CheckItem(name, True, "declared in " + TRAINING_LOG)
+    return _log_section(d, "copyright declaration", _COPYRIGHT_HEADING, "Copyright",
+                        absent="declare that you may share an adapter trained on this data (its licence, or that "
+                               "it is your own)",
+                        short="state the licence or ownership", ok="declared in " + TRAINING_LOG)
 
 
 def _registry_entry(d: Path, m: Manifest | None, results: Any) -> CheckItem:
