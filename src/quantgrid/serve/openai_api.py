@@ -178,6 +178,32 @@ def usage_of(results: list[Collected]) -> T.Usage:
     return T.Usage.of(results[0].done.prompt_tokens, sum(r.done.completion_tokens for r in results))
 
 
+@dataclasses.dataclass
+class Reply:
+    """The started choices of one generation request, and what its response carries: the id
+    (also the key feedback names it by), the creation time and the headers."""
+
+    spec: GenSpec
+    gens: list[Generation]
+    rid: str
+    created: int
+    headers: dict[str, str]
+
+    @classmethod
+    async def start(cls, state: ServeState, spec: GenSpec, n: int, prefix: str) -> Reply:
+        gens = await open_choices(state, "openai", spec, n)
+        rid = f"{prefix}-{uuid.uuid4().hex[:24]}"
+        return cls(spec, gens, rid, int(time.time()), {**gens[0].headers(), REQUEST_ID_HEADER: rid})
+
+    async def finished(self, request: Request, state: ServeState, response: type[T.Completion | T.ChatCompletion],
+                       choice: Callable[[int, Collected], T.CompletionChoice | T.ChatChoice]) -> JSONResponse:
+        """The non-streaming answer: every choice collected to its end, as one ``response``."""
+        results = await collect_finished(request, state, "openai", self.rid, self.spec, self.gens)
+        out = response(id=self.rid, created=self.created, model=self.spec.model, usage=usage_of(results),
+                       choices=[choice(i, r) for i, r in enumerate(results)])
+        return JSONResponse(out.model_dump(mode="json"), headers=self.headers)
+
+
 # ---------------------------------------------------------------------- routes
 
 
@@ -202,16 +228,12 @@ async def completions(request: Request, body: T.CompletionRequest = Depends(json
     prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
     k = body.logprobs
     spec = GenSpec(body.model, body.params(16, k), prompt=prompt, extra={"user": user_of(request, body.user)})
-    gens = await open_choices(state, "openai", spec, body.n)
-    rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    headers = {**gens[0].headers(), REQUEST_ID_HEADER: rid}
+    reply = await Reply.start(state, spec, body.n, "cmpl")
     if not body.stream:
-        results = await collect_finished(request, state, "openai", rid, spec, gens)
-        out = T.Completion(id=rid, created=created, model=body.model, usage=usage_of(results), choices=[
-            T.CompletionChoice(index=i, text=r.text, finish_reason=finish(r.done.finish_reason),
-                               logprobs=completion_logprobs(r.logprobs, k or 0))
-            for i, r in enumerate(results)])
-        return JSONResponse(out.model_dump(mode="json"), headers=headers)
+        return await reply.finished(request, state, T.Completion, lambda i, r: T.CompletionChoice(
+            index=i, text=r.text, finish_reason=finish(r.done.finish_reason),
+            logprobs=completion_logprobs(r.logprobs, k or 0)))
+    gens, rid, created = reply.gens, reply.rid, reply.created
     offsets = [0] * body.n
 
     def chunk(i: int, text: str, reason: str | None, lps=None) -> str:
@@ -231,7 +253,7 @@ async def completions(request: Request, body: T.CompletionRequest = Depends(json
     return StreamingResponse(
         stream_choices(state, gens, on_delta, lambda i, d: chunk(i, "", finish(d.finish_reason)),
                        on_usage if body.include_usage else None, lambda texts: remember(state, rid, spec, gens, texts)),
-        media_type="text/event-stream", headers=headers)
+        media_type="text/event-stream", headers=reply.headers)
 
 
 @router.post("/v1/chat/completions", response_model=T.ChatCompletion)
@@ -244,16 +266,12 @@ async def chat_completions(request: Request,
     if body.max_completion_tokens:
         params.max_tokens = body.max_completion_tokens
     spec = GenSpec(body.model, params, messages=body.texts(), extra={"user": user_of(request, body.user)})
-    gens = await open_choices(state, "openai", spec, body.n)
-    rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    headers = {**gens[0].headers(), REQUEST_ID_HEADER: rid}
+    reply = await Reply.start(state, spec, body.n, "chatcmpl")
     if not body.stream:
-        results = await collect_finished(request, state, "openai", rid, spec, gens)
-        out = T.ChatCompletion(id=rid, created=created, model=body.model, usage=usage_of(results), choices=[
-            T.ChatChoice(index=i, message=T.AssistantMessage(content=r.text), finish_reason=finish(r.done.finish_reason),
-                         logprobs=chat_logprobs(r.logprobs, k or 0))
-            for i, r in enumerate(results)])
-        return JSONResponse(out.model_dump(mode="json"), headers=headers)
+        return await reply.finished(request, state, T.ChatCompletion, lambda i, r: T.ChatChoice(
+            index=i, message=T.AssistantMessage(content=r.text), finish_reason=finish(r.done.finish_reason),
+            logprobs=chat_logprobs(r.logprobs, k or 0)))
+    gens, rid, created = reply.gens, reply.rid, reply.created
     first = [True] * body.n
 
     def chunk(choices: list[T.ChunkChoice], usage: T.Usage | None = None) -> str:
@@ -271,7 +289,7 @@ async def chat_completions(request: Request,
     return StreamingResponse(
         stream_choices(state, gens, on_delta, on_done, (lambda u: chunk([], u)) if body.include_usage else None,
                        lambda texts: remember(state, rid, spec, gens, texts)),
-        media_type="text/event-stream", headers=headers)
+        media_type="text/event-stream", headers=reply.headers)
 
 
 @router.post("/v1/embeddings", response_model=T.EmbeddingList)

@@ -8,7 +8,7 @@ but its no-op value, instead of dropping it silently.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
@@ -250,14 +250,24 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None = None
 
 
-class Completion(BaseModel):
+ChoiceT = TypeVar("ChoiceT", bound=BaseModel)
+
+
+class _Response(BaseModel, Generic[ChoiceT]):
+    """The envelope every generation response shares; each kind pins ``object`` (and may require
+    ``usage``). Fields keep this order when a kind redeclares one, so the JSON reads as OpenAI's."""
+
     id: str
-    object: Literal["text_completion"] = "text_completion"
+    object: str
     created: int
     model: str
-    choices: list[CompletionChoice]
+    choices: list[ChoiceT]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+
+class Completion(_Response[CompletionChoice]):
+    object: Literal["text_completion"] = "text_completion"
 
 
 class AssistantMessage(BaseModel):
@@ -273,14 +283,9 @@ class ChatChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
 
 
-class ChatCompletion(BaseModel):
-    id: str
+class ChatCompletion(_Response[ChatChoice]):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
     usage: Usage
-    system_fingerprint: str | None = None
 
 
 class ChunkDelta(BaseModel):
@@ -295,14 +300,8 @@ class ChunkChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    id: str
+class ChatCompletionChunk(_Response[ChunkChoice]):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
 
 
 class Embedding(BaseModel):
