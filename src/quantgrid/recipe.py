@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
@@ -29,6 +30,12 @@ from quantgrid.errors import ConfigError, ConfigFileError
 
 DEFAULT_BASE_MODEL = "mistralai/Mistral-7B-v0.1"
 PROMPT_TEMPLATES = ("qa", "context_qa", "alpaca", "mistral", "chat")
+
+
+def _known_template(v: str) -> str:
+    if v not in PROMPT_TEMPLATES:
+        raise ValueError(f"unknown prompt_template {v!r}; choose one of {', '.join(PROMPT_TEMPLATES)}")
+    return v
 
 
 class _Strict(BaseModel):
@@ -106,16 +113,10 @@ class Recipe(_Strict):
     base_revision: str = Field("main", description="revision of the base model on the Hugging Face Hub")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
-    prompt_template: str = Field("qa", description=f"prompt template: {', '.join(PROMPT_TEMPLATES)}")
+    prompt_template: Annotated[str, AfterValidator(_known_template)] = Field(
+        "qa", description=f"prompt template: {', '.join(PROMPT_TEMPLATES)}")
     system_prompt: str = Field("You are a careful financial analyst. Answer precisely and show the numbers.",
                                description="system prompt of the chat and mistral templates")
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _template(cls, v: str) -> str:
-        if v not in PROMPT_TEMPLATES:
-            raise ValueError(f"unknown prompt_template {v!r}; choose one of {', '.join(PROMPT_TEMPLATES)}")
-        return v
 
     @model_validator(mode="after")
     def _base(self) -> Recipe:
