@@ -213,3 +213,23 @@ def test_release_page_shows_the_release_grades(client, app, users):
     assert re.search(r"Number accuracy</th>\s*<td class=\"num\">3.00</td><td class=\"num\">3.00</td><td class=\"num\">50%", page)
     assert "100% flagged" in page and "0% flagged" in page
     assert client.get("/v1/human-eval").json()["release"]["2026.49"]["win_rate"] == 1.0
+
+
+def test_nobody_grades_their_own_adapter(client, app, users):
+    from quantgrid.hub.server.auth import add_user
+
+    token = add_user(app.state.db, "ada", admin=True)  # a maintainer who also contributes
+    ada = {"Authorization": f"Bearer {token}"}
+    mine = _push(client, ada, b"PK\x03\x04ada-own")
+    _accept(app, mine)
+    _store(app, mine, 1, itertools.repeat(True))
+    csrf = _sign_in(client, ada)
+    r = client.get(f"/human-eval/adapter/{mine}")
+    assert r.status_code == 403 and "your own adapter" in r.text and CAND not in r.text
+    with app.state.db.read() as s:
+        item_id = s.query(he.HumanEvalItem.id).scalar()
+    r = client.post(f"/human-eval/items/{item_id}/grade",
+                    data=_form({"a": (5, 5, 5, 5, "yes"), "b": (1, 1, 1, 1, "no")}, csrf), follow_redirects=False)
+    assert r.headers["location"].endswith("notice=owngrade")
+    with app.state.db.read() as s:
+        assert s.query(HumanEvalGrade).count() == 0

@@ -18,7 +18,7 @@ strategy quality, each 1-5, and a risk flag (does the answer flag the risk: yes/
 | GET    | /v1/human-eval/{kind}/{target}                | -          | one candidate's aggregated results       |
 
 Maintainers are the hub's admins (``quantgrid hub user add NAME --admin``). Grading itself is
-a web form (``/human-eval``, see web.py). Aggregates (``summary``): per rubric dimension the
+a web form (``/human-eval``, see web.py); nobody grades their own adapter. Aggregates (``summary``): per rubric dimension the
 mean score of the candidate and of the base over every grade, and the candidate's win rate
 (a win counts 1, a tie 1/2, over the grades); for the risk flag, how often each was flagged;
 "overall" compares the sum of the four 1-5 scores.
@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from quantgrid.errors import ConfigError, NotFound
+from quantgrid.errors import ConfigError, NotFound, PermissionDenied
 from quantgrid.hub.server.auth import Principal
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.deps import AdminUser, OptionalUser, get_db
@@ -179,13 +179,25 @@ def next_item(db: Database, user: Principal, kind: str, target: str) -> tuple[Hu
     return item, done, total
 
 
+def own_candidate(db: Database, user: Principal, kind: str, target: str) -> bool:
+    """True if ``target`` is ``user``'s own adapter: its author knows its style, so their grades
+    would not be blind."""
+    if kind != "adapter" or not target.isdigit():
+        return False
+    with db.read() as s:
+        return s.scalar(select(Adapter.user_id).where(Adapter.id == int(target))) == user.id
+
+
 def record_grade(db: Database, user: Principal, item_id: int, a: Grade, b: Grade) -> HumanEvalItem:
     """Store (or replace) ``user``'s grades of item ``item_id``, A and B mapped back to
-    candidate and base with the order only the server knows."""
+    candidate and base with the order only the server knows. Nobody grades their own adapter."""
     with db.write() as s:
         item = s.get(HumanEvalItem, item_id)
         if item is None:
             raise NotFound(f"no human-evaluation item {item_id}")
+        if item.target_kind == "adapter" and s.scalar(
+                select(Adapter.user_id).where(Adapter.id == int(item.target))) == user.id:
+            raise PermissionDenied("you cannot grade your own adapter", hint="another maintainer can")
         cand, base = (a, b) if item.candidate_first else (b, a)
         scores = {"candidate": cand.model_dump(), "base": base.model_dump()}
         row = s.get(HumanEvalGrade, (item_id, user.id))

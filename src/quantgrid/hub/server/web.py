@@ -58,7 +58,7 @@ NOTICES = {"voted": "Upvote recorded.", "own": "You cannot upvote your own adapt
            "csrf": "The form expired; please try again.", "signin": "Sign in to upvote.",
            "badtoken": "That token is not valid (or was revoked).", "out": "Signed out.",
            "graded": "Grades recorded.", "badgrade": "Give every score from 1 to 5 and the risk flag yes or no.",
-           "noitem": "No such answer pair."}
+           "noitem": "No such answer pair.", "owngrade": "You cannot grade your own adapter."}
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
 
@@ -273,6 +273,9 @@ def human_eval_next(request: Request, kind: str, target: str, db: DB, user: WebU
         return refused
     if kind not in he.KINDS:
         return _page(request, "missing.html", user, status=404, what=f"candidate kind {kind}")
+    if he.own_candidate(db, user, kind, target):
+        return _page(request, "forbidden.html", user, status=403,
+                     what="This is your own adapter: another maintainer grades it, so the grades stay blind.")
     item, done, total = he.next_item(db, user, kind, target)
     return _page(request, "human_eval_item.html", user, kind=kind, target=target, done=done, total=total,
                  item=he.blind_view(item) if item else None, scored=he.SCORED, labels=he.LABELS)
@@ -287,7 +290,7 @@ async def human_eval_grade(request: Request, item_id: int, db: DB, user: WebUser
         return _redirect("/human-eval", "csrf")
     from pydantic import ValidationError
 
-    from quantgrid.errors import NotFound
+    from quantgrid.errors import NotFound, PermissionDenied
 
     def grade(side: str) -> he.Grade:
         flag = form.get(f"{side}_{he.FLAG}")
@@ -306,4 +309,6 @@ async def human_eval_grade(request: Request, item_id: int, db: DB, user: WebUser
         item = await run_in_threadpool(he.record_grade, db, user, item_id, a, b)
     except NotFound:
         return _redirect("/human-eval", "noitem")
+    except PermissionDenied:
+        return _redirect("/human-eval", "owngrade")
     return _redirect(f"/human-eval/{item.target_kind}/{item.target}", "graded")
