@@ -13,6 +13,7 @@ decimals shown, so ``answer_value`` always equals the number the answer states.
 from __future__ import annotations
 
 import random
+import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -75,6 +76,39 @@ def _years(t: float) -> str:
 def _p(r: float) -> str:
     """Input rate in text: 0.0525 -> '5.25%', 0.05 -> '5%'."""
     return f"{r * 100:g}%"
+
+
+class _Text(string.Formatter):
+    """``str.format`` with the templates' own format specs: ``{x:$}`` and ``{x:$0}`` money (2 or 0
+    decimals), ``{x:rate}`` an input rate (0.0525 -> 5.25%), ``{x:years}`` a term ("1 year", "5 years")."""
+
+    def format_field(self, value, format_spec: str) -> str:
+        if format_spec.startswith("$"):
+            return money(value, int(format_spec[1:] or 2))
+        if format_spec == "rate":
+            return _p(value)
+        if format_spec == "years":
+            return _years(value)
+        return super().format_field(value, format_spec)
+
+
+_TEXT = _Text()
+
+
+def formula(name: str, topic: str, inputs: str, draw: Callable[[random.Random], tuple],
+            value: Callable[..., float], question: str | list[str], working: str, final: str, unit: str,
+            decimals: int = 2) -> None:
+    """Register a template that applies one formula: ``draw(rng)`` gives the inputs, named by the
+    words of ``inputs`` in order, and the answer is ``value(*inputs)``. ``question`` (or one of
+    several, picked at random) and ``working`` are format strings over the inputs (see :class:`_Text`)."""
+    names = inputs.split()
+
+    def make(rng: random.Random) -> Item:
+        x = dict(zip(names, draw(rng), strict=True))
+        v = value(*x.values())
+        q = rng.choice(question) if isinstance(question, list) else question
+        return Item(_TEXT.format(q, **x), _TEXT.format(working, **x), final, v, unit, decimals)
+    template(name, topic)(make)
 
 
 def _returns(rng: random.Random, n: int, lo: float, hi: float) -> list[float]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from quantgrid.data import calc
-from quantgrid.data.templates import COMPANIES, Item, _p, _r, _rate, _years, money, template
+from quantgrid.data.templates import _TEXT, COMPANIES, Item, _p, _r, _rate, _years, formula, money, template
 
 # ---------------------------------------------------------------- valuation
 
@@ -29,13 +29,11 @@ def _eps(rng):
     return Item(q, w, "Basic EPS is ${v}.", v, "$")
 
 
-@template("dividend_yield", "valuation")
-def _div_yield(rng):
-    price, div = _r(rng, 10, 300), _r(rng, 0.1, 8)
-    v = div / price * 100
-    q = rng.choice([f"A stock priced at {money(price)} pays annual dividends of {money(div)} per share. What is its dividend yield?",
-                    f"What is the dividend yield of a share trading at {money(price)} with a {money(div)} annual dividend?"])
-    return Item(q, f"Dividend yield = dividend / price = {div:.2f} / {price:.2f}.", "The dividend yield is {v}%.", v, "%")
+formula("dividend_yield", "valuation", "price div", lambda rng: (_r(rng, 10, 300), _r(rng, 0.1, 8)),
+        lambda price, div: div / price * 100,
+        ["A stock priced at {price:$} pays annual dividends of {div:$} per share. What is its dividend yield?",
+         "What is the dividend yield of a share trading at {price:$} with a {div:$} annual dividend?"],
+        "Dividend yield = dividend / price = {div:.2f} / {price:.2f}.", "The dividend yield is {v}%.", "%")
 
 
 @template("ev_ebitda", "valuation")
@@ -141,12 +139,10 @@ for _k in _RATIOS:
 # ---------------------------------------------------------------- time value of money
 
 
-@template("simple_interest", "time_value")
-def _simple(rng):
-    p, r, t = _r(rng, 500, 50000, 0), _rate(rng, 0.01, 0.12), rng.randint(1, 10)
-    v = calc.simple_interest(p, r, t)
-    q = f"How much simple interest does {money(p, 0)} earn at {_p(r)} a year over {_years(t)}?"
-    return Item(q, f"Interest = P x r x t = {p:g} x {r:g} x {t}.", "The interest is ${v}.", v, "$")
+formula("simple_interest", "time_value", "p r t",
+        lambda rng: (_r(rng, 500, 50000, 0), _rate(rng, 0.01, 0.12), rng.randint(1, 10)), calc.simple_interest,
+        "How much simple interest does {p:$0} earn at {r:rate} a year over {t:years}?",
+        "Interest = P x r x t = {p:g} x {r:g} x {t}.", "The interest is ${v}.", "$")
 
 
 @template("compound_interest", "time_value")
@@ -159,30 +155,24 @@ def _compound(rng):
     return Item(q, f"FV = P (1 + r/m)^(m t) = {p:g} x (1 + {r:g}/{m})^({m} x {t}).", "It grows to ${v}.", v, "$")
 
 
-@template("continuous_compounding", "time_value")
-def _continuous(rng):
-    p, r, t = _r(rng, 500, 50000, 0), _rate(rng, 0.01, 0.1), rng.randint(1, 20)
-    v = calc.continuous_amount(p, r, t)
-    q = f"What is {money(p, 0)} worth after {_years(t)} at {_p(r)} compounded continuously?"
-    return Item(q, f"FV = P e^(r t) = {p:g} x e^({r:g} x {t}).", "It is worth ${v}.", v, "$")
+formula("continuous_compounding", "time_value", "p r t",
+        lambda rng: (_r(rng, 500, 50000, 0), _rate(rng, 0.01, 0.1), rng.randint(1, 20)), calc.continuous_amount,
+        "What is {p:$0} worth after {t:years} at {r:rate} compounded continuously?",
+        "FV = P e^(r t) = {p:g} x e^({r:g} x {t}).", "It is worth ${v}.", "$")
 
 
-@template("effective_annual_rate", "time_value")
-def _ear(rng):
-    r, m = _rate(rng, 0.01, 0.24), rng.choice([2, 4, 12, 365])
-    v = calc.effective_annual_rate(r, m) * 100
-    q = f"What is the effective annual rate of a {_p(r)} nominal rate compounded {m} times a year?"
-    return Item(q, f"EAR = (1 + r/m)^m - 1 = (1 + {r:g}/{m})^{m} - 1.", "The EAR is {v}%.", v, "%", 3)
+formula("effective_annual_rate", "time_value", "r m", lambda rng: (_rate(rng, 0.01, 0.24), rng.choice([2, 4, 12, 365])),
+        lambda r, m: calc.effective_annual_rate(r, m) * 100,
+        "What is the effective annual rate of a {r:rate} nominal rate compounded {m} times a year?",
+        "EAR = (1 + r/m)^m - 1 = (1 + {r:g}/{m})^{m} - 1.", "The EAR is {v}%.", "%", 3)
 
 
-@template("real_rate", "time_value")
-def _real(rng):
-    n, i = _rate(rng, 0.02, 0.12), _rate(rng, 0.0, 0.08)
-    v = calc.real_rate(n, i) * 100
-    q = rng.choice([f"A bond returns {_p(n)} nominal while inflation is {_p(i)}. What is the exact real return (Fisher equation)?",
-                    f"With a {_p(n)} nominal rate and {_p(i)} inflation, what is the real rate of return?"])
-    return Item(q, f"Real = (1 + nominal) / (1 + inflation) - 1 = (1 + {n:g}) / (1 + {i:g}) - 1.",
-                "The real return is {v}%.", v, "%", 3)
+formula("real_rate", "time_value", "n i", lambda rng: (_rate(rng, 0.02, 0.12), _rate(rng, 0.0, 0.08)),
+        lambda n, i: calc.real_rate(n, i) * 100,
+        ["A bond returns {n:rate} nominal while inflation is {i:rate}. What is the exact real return (Fisher equation)?",
+         "With a {n:rate} nominal rate and {i:rate} inflation, what is the real rate of return?"],
+        "Real = (1 + nominal) / (1 + inflation) - 1 = (1 + {n:g}) / (1 + {i:g}) - 1.", "The real return is {v}%.",
+        "%", 3)
 
 
 @template("cagr", "time_value")
@@ -196,22 +186,17 @@ def _cagr(rng):
                 "The CAGR is {v}%.", v, "%")
 
 
-@template("annuity_pv", "time_value")
-def _annuity_pv(rng):
-    pmt, r, n = _r(rng, 100, 20000, 0), _rate(rng, 0.01, 0.12), rng.randint(3, 30)
-    v = calc.annuity_pv(pmt, r, n)
-    q = f"What is the present value of {money(pmt, 0)} received at the end of each year for {n} years at a {_p(r)} discount rate?"
-    return Item(q, f"PV = PMT x (1 - (1 + r)^-n) / r = {pmt:g} x (1 - (1 + {r:g})^-{n}) / {r:g}.",
-                "The present value is ${v}.", v, "$")
-
-
-@template("annuity_fv", "time_value")
-def _annuity_fv(rng):
-    pmt, r, n = _r(rng, 100, 20000, 0), _rate(rng, 0.01, 0.12), rng.randint(3, 40)
-    v = calc.annuity_fv(pmt, r, n)
-    q = f"You save {money(pmt, 0)} at the end of every year for {n} years at {_p(r)}. How much will you have?"
-    return Item(q, f"FV = PMT x ((1 + r)^n - 1) / r = {pmt:g} x ((1 + {r:g})^{n} - 1) / {r:g}.",
-                "You will have ${v}.", v, "$")
+# Ordinary annuities: a payment at the end of each year.
+formula("annuity_pv", "time_value", "pmt r n",
+        lambda rng: (_r(rng, 100, 20000, 0), _rate(rng, 0.01, 0.12), rng.randint(3, 30)), calc.annuity_pv,
+        "What is the present value of {pmt:$0} received at the end of each year for {n} years at a {r:rate} "
+        "discount rate?",
+        "PV = PMT x (1 - (1 + r)^-n) / r = {pmt:g} x (1 - (1 + {r:g})^-{n}) / {r:g}.", "The present value is ${v}.",
+        "$")
+formula("annuity_fv", "time_value", "pmt r n",
+        lambda rng: (_r(rng, 100, 20000, 0), _rate(rng, 0.01, 0.12), rng.randint(3, 40)), calc.annuity_fv,
+        "You save {pmt:$0} at the end of every year for {n} years at {r:rate}. How much will you have?",
+        "FV = PMT x ((1 + r)^n - 1) / r = {pmt:g} x ((1 + {r:g})^{n} - 1) / {r:g}.", "You will have ${v}.", "$")
 
 
 @template("loan_payment", "time_value")
@@ -338,26 +323,36 @@ def _bond_ytm(rng):
     return Item(q, w, "The YTM is {v}%.", v, "%", 3)
 
 
-@template("macaulay_duration", "fixed_income")
-def _macaulay(rng):
-    face, c, y, t, _ = _bond_inputs(rng)
-    c = c or 0.04
-    v = calc.macaulay_duration(face, c, y, t, 1)
-    q = f"What is the Macaulay duration of a {t}-year annual-pay bond with a {_p(c)} coupon at a {_p(y)} yield?"
-    price = calc.bond_price(face, c, y, t, 1)
-    w = f"Price per {face} face = {price:.4f}; duration = sum of t x PV(CF_t) / price = {v * price:.4f} / {price:.4f}."
-    return Item(q, w, "The Macaulay duration is {v} years.", v, "years", 3)
+_DURATIONS = {
+    # An annual-pay bond's duration. name: (value, question, working, final, unit); the working
+    # may name the bond's price, its Macaulay duration (mac) and mac x price (weighted).
+    "macaulay_duration": (calc.macaulay_duration,
+                          "What is the Macaulay duration of a {t}-year annual-pay bond with a {c:rate} coupon at a "
+                          "{y:rate} yield?",
+                          "Price per {face} face = {price:.4f}; duration = sum of t x PV(CF_t) / price = "
+                          "{weighted:.4f} / {price:.4f}.", "The Macaulay duration is {v} years.", "years"),
+    "modified_duration": (calc.modified_duration,
+                          "What is the modified duration of a {t}-year annual-pay bond with a {c:rate} coupon "
+                          "yielding {y:rate}?",
+                          "Macaulay duration = {mac:.4f}; modified = {mac:.4f} / (1 + {y:g}).",
+                          "The modified duration is {v}.", ""),
+}
 
 
-@template("modified_duration", "fixed_income")
-def _modified(rng):
-    face, c, y, t, _ = _bond_inputs(rng)
-    c = c or 0.04
-    v = calc.modified_duration(face, c, y, t, 1)
-    q = f"What is the modified duration of a {t}-year annual-pay bond with a {_p(c)} coupon yielding {_p(y)}?"
-    mac = calc.macaulay_duration(face, c, y, t, 1)
-    return Item(q, f"Macaulay duration = {mac:.4f}; modified = {mac:.4f} / (1 + {y:g}).", "The modified duration is {v}.",
-                v, "", 3)
+def _duration_template(key: str):
+    value, question, working, final, unit = _DURATIONS[key]
+
+    def make(rng):
+        face, c, y, t, _ = _bond_inputs(rng)
+        c = c or 0.04
+        price, mac = calc.bond_price(face, c, y, t, 1), calc.macaulay_duration(face, c, y, t, 1)
+        w = working.format(face=face, y=y, price=price, mac=mac, weighted=mac * price)
+        return Item(_TEXT.format(question, t=t, c=c, y=y), w, final, value(face, c, y, t, 1), unit, 3)
+    return make
+
+
+for _k in _DURATIONS:
+    template(_k, "fixed_income")(_duration_template(_k))
 
 
 @template("duration_price_change", "fixed_income")
@@ -381,9 +376,8 @@ def _cur_yield(rng):
                 v, "%", 3)
 
 
-@template("zero_coupon", "fixed_income")
-def _zero(rng):
-    face, y, t = rng.choice([100, 1000, 10000]), _rate(rng, 0.005, 0.09), rng.randint(1, 30)
-    v = calc.zero_coupon_price(face, y, t)
-    q = f"What is the price of a zero-coupon bond paying {money(face, 0)} in {_years(t)} at a {_p(y)} annual yield?"
-    return Item(q, f"Price = face / (1 + y)^t = {face} / (1 + {y:g})^{t}.", "The price is ${v}.", v, "$")
+formula("zero_coupon", "fixed_income", "face y t",
+        lambda rng: (rng.choice([100, 1000, 10000]), _rate(rng, 0.005, 0.09), rng.randint(1, 30)),
+        calc.zero_coupon_price,
+        "What is the price of a zero-coupon bond paying {face:$0} in {t:years} at a {y:rate} annual yield?",
+        "Price = face / (1 + y)^t = {face} / (1 + {y:g})^{t}.", "The price is ${v}.", "$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from quantgrid.data import calc
-from quantgrid.data.templates import Item, _p, _r, _rate, _returns, _rl, _years, money, template
+from quantgrid.data.templates import _TEXT, Item, _p, _r, _rate, _returns, _rl, _years, money, template
 
 # ---------------------------------------------------------------- risk
 
@@ -178,29 +178,37 @@ def _bs_inputs(rng):
         _rate(rng, 0.1, 0.6, 0.01)
 
 
-@template("black_scholes_call", "options")
-def _bs_call(rng):
-    s, k, t, r, vol = _bs_inputs(rng)
-    v = calc.black_scholes(s, k, t, r, vol, "call")
-    d1, d2 = _d1d2(s, k, t, r, vol)
-    q = (f"Price a European call with spot {money(s)}, strike {money(k)}, {_years(t)} to expiry, a {_p(r)} "
-         f"risk-free rate and {_p(vol)} volatility (Black-Scholes, no dividends).")
-    w = (f"d1 = (ln({s:.2f}/{k:g}) + ({r:g} + {vol:g}^2/2) x {t:g}) / ({vol:g} x sqrt({t:g})) = {d1:.4f}; d2 = {d2:.4f}; "
-         f"C = {s:.2f} x N({d1:.4f}) - {k:g} x e^(-{r:g} x {t:g}) x N({d2:.4f}) = {s:.2f} x {calc.norm_cdf(d1):.4f} - "
-         f"{k * math.exp(-r * t):.4f} x {calc.norm_cdf(d2):.4f}.")
-    return Item(q, w, "The call is worth ${v}.", v, "$")
+_BLACK_SCHOLES = {
+    # A European option priced by Black-Scholes (no dividends). kind: (question, working, final); the
+    # texts may name the inputs, d1, d2, N(d1) and N(d2) (n_d1, n_d2), N(-d1), N(-d2) (n_md1, n_md2)
+    # and the discounted strike K e^(-rT) (k_disc).
+    "call": ("Price a European call with spot {s:$}, strike {k:$}, {t:years} to expiry, a {r:rate} risk-free rate "
+             "and {vol:rate} volatility (Black-Scholes, no dividends).",
+             "d1 = (ln({s:.2f}/{k:g}) + ({r:g} + {vol:g}^2/2) x {t:g}) / ({vol:g} x sqrt({t:g})) = {d1:.4f}; "
+             "d2 = {d2:.4f}; C = {s:.2f} x N({d1:.4f}) - {k:g} x e^(-{r:g} x {t:g}) x N({d2:.4f}) = {s:.2f} x "
+             "{n_d1:.4f} - {k_disc:.4f} x {n_d2:.4f}.", "The call is worth ${v}."),
+    "put": ("What is the Black-Scholes price of a European put with spot {s:$}, strike {k:$}, {t:years} to "
+            "expiry, rate {r:rate} and volatility {vol:rate}?",
+            "d1 = {d1:.4f}, d2 = {d2:.4f}; P = K e^(-rT) N(-d2) - S N(-d1) = {k_disc:.4f} x {n_md2:.4f} - {s:.2f} x "
+            "{n_md1:.4f}.", "The put is worth ${v}."),
+}
 
 
-@template("black_scholes_put", "options")
-def _bs_put(rng):
-    s, k, t, r, vol = _bs_inputs(rng)
-    v = calc.black_scholes(s, k, t, r, vol, "put")
-    d1, d2 = _d1d2(s, k, t, r, vol)
-    q = (f"What is the Black-Scholes price of a European put with spot {money(s)}, strike {money(k)}, "
-         f"{_years(t)} to expiry, rate {_p(r)} and volatility {_p(vol)}?")
-    w = (f"d1 = {d1:.4f}, d2 = {d2:.4f}; P = K e^(-rT) N(-d2) - S N(-d1) = {k * math.exp(-r * t):.4f} x "
-         f"{calc.norm_cdf(-d2):.4f} - {s:.2f} x {calc.norm_cdf(-d1):.4f}.")
-    return Item(q, w, "The put is worth ${v}.", v, "$")
+def _black_scholes_template(kind: str):
+    question, working, final = _BLACK_SCHOLES[kind]
+
+    def make(rng):
+        s, k, t, r, vol = _bs_inputs(rng)
+        d1, d2 = _d1d2(s, k, t, r, vol)
+        x = dict(s=s, k=k, t=t, r=r, vol=vol, d1=d1, d2=d2, n_d1=calc.norm_cdf(d1), n_d2=calc.norm_cdf(d2),
+                 n_md1=calc.norm_cdf(-d1), n_md2=calc.norm_cdf(-d2), k_disc=k * math.exp(-r * t))
+        v = calc.black_scholes(s, k, t, r, vol, kind)
+        return Item(_TEXT.format(question, **x), _TEXT.format(working, **x), final, v, "$")
+    return make
+
+
+for _kind in _BLACK_SCHOLES:
+    template(f"black_scholes_{_kind}", "options")(_black_scholes_template(_kind))
 
 
 @template("put_call_parity", "options")
