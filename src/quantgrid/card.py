@@ -21,11 +21,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from quantgrid.eval.results import PUBLIC_PREFIXES, EvalResults, LossStats, MetricScore
+
 CARD = "README.md"
 TAGS = ["quantgrid", "finance", "lora", "peft"]
 PIPELINE_TAG = "text-generation"
 DEFAULT_LICENSE = "other"  # the Hub's value for "see the card": the author has not declared one
-PUBLIC_PREFIXES = ("builtin:", "hub:")  # benchmark names that are not private (quantgrid's or the hub's sets)
 
 LIMITATIONS = [
     "A LoRA adapter changes a few low-rank matrices of the base model: it inherits the base's knowledge, "
@@ -71,30 +72,43 @@ def render(meta_yaml: str, body: str) -> str:
 # ------------------------------------------------------------------ adapters
 
 
-def fresh_results(adapter_dir: str | Path) -> dict[str, Any] | None:
+def fresh_results(adapter_dir: str | Path) -> EvalResults | None:
     """``eval/results.json`` if it was measured on these weights (see the module docstring)."""
+    from quantgrid.errors import DataError
+
     d = Path(adapter_dir)
     p, m = d / "eval" / "results.json", d / "quantgrid.json"
     if not p.is_file() or not m.is_file():
         return None
     try:
-        results = json.loads(p.read_text(encoding="utf-8"))
+        results = EvalResults.read(p)
         summary = json.loads(m.read_text(encoding="utf-8")).get("eval") or {}
-    except ValueError:
+    except (DataError, ValueError):
         return None
-    if not isinstance(results, dict) or not summary:
-        return None
-    if summary.get("benchmark_fingerprint") != results.get("benchmark_fingerprint"):
+    if not summary or summary.get("benchmark_fingerprint") != results.benchmark_fingerprint:
         return None
     return results
 
 
-def eval_rows(results: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _public_set(name: str) -> str:
+    """The model-index dataset type of a set: its own name when it is public, else "private"."""
+    return name if name.startswith(PUBLIC_PREFIXES) else "private"
+
+
+def _loss(stats: LossStats | None) -> float | None:
+    return stats.mean_nats_per_token if stats is not None else None
+
+
+def _score(score: MetricScore | None) -> float | None:
+    return score.score if score is not None else None
+
+
+def eval_rows(results: EvalResults | None) -> list[dict[str, Any]]:
     """model-index rows from a results.json: the primary metric, the loss, each extra metric, OOD loss."""
-    if not results:
+    if results is None:
         return []
-    bench = _benchmark_name(results.get("benchmark"), results.get("benchmark_fingerprint"))
-    btype = results.get("benchmark") if bench == results.get("benchmark") else "private"
+    bench = _benchmark_name(results.benchmark, results.benchmark_fingerprint)
+    btype = _public_set(results.benchmark)
     rows: list[dict[str, Any]] = []
 
     def add(dataset: str, dtype: str, metric: str, value: Any, name: str) -> None:
@@ -102,44 +116,38 @@ def eval_rows(results: dict[str, Any] | None) -> list[dict[str, Any]]:
             rows.append({"dataset": dataset, "dataset_type": dtype, "metric": metric, "value": float(value),
                          "name": name})
 
-    loss = (results.get("loss") or {}).get("adapter") or {}
-    add(bench, btype, "loss", loss.get("mean_nats_per_token"), "loss (nats per completion token)")
-    add(bench, btype, "perplexity", loss.get("perplexity"), "perplexity")
-    for metric, block in (results.get("metrics") or {}).items():
-        if isinstance(block, dict):
-            add(bench, btype, metric, (block.get("adapter") or {}).get("score"), metric)
-    ood = results.get("ood") or {}
-    if ood:
-        oname = _benchmark_name(ood.get("benchmark"), None)
-        add(oname, ood.get("benchmark") if oname == ood.get("benchmark") else "private", "loss",
-            (ood.get("adapter") or {}).get("mean_nats_per_token"), "out-of-domain loss (nats per completion token)")
+    loss = results.loss.adapter
+    add(bench, btype, "loss", _loss(loss), "loss (nats per completion token)")
+    add(bench, btype, "perplexity", loss.perplexity if loss is not None else None, "perplexity")
+    for metric, block in results.metrics.items():
+        add(bench, btype, metric, _score(block.adapter), metric)
+    ood = results.ood
+    if ood is not None:
+        add(_benchmark_name(ood.benchmark, None), _public_set(ood.benchmark), "loss", _loss(ood.adapter),
+            "out-of-domain loss (nats per completion token)")
     return rows
 
 
-def _eval_table(results: dict[str, Any] | None) -> list[str]:
-    if not results:
+def _eval_table(results: EvalResults | None) -> list[str]:
+    if results is None:
         return ["Not evaluated yet. `quantgrid eval --adapter DIR --benchmark FILE` measures it and refreshes "
                 "this card."]
-    bench = _benchmark_name(results.get("benchmark"), results.get("benchmark_fingerprint"))
-    lines = [f"On {bench} ({results.get('n_examples', '?')} examples); lower loss is better.", "",
+    bench = _benchmark_name(results.benchmark, results.benchmark_fingerprint)
+    lines = [f"On {bench} ({results.n_examples} examples); lower loss is better.", "",
              "| measure | base | adapter | change |", "|---|---:|---:|---:|"]
-    loss = results.get("loss") or {}
-    b, a = (loss.get("base") or {}).get("mean_nats_per_token"), (loss.get("adapter") or {}).get("mean_nats_per_token")
-    lines.append(f"| loss (nats/token) | {_f(b)} | {_f(a)} | {_f(loss.get('delta'), '+.4f')} |")
-    for metric, block in (results.get("metrics") or {}).items():
-        if isinstance(block, dict):
-            lines.append(f"| {metric} | {_f((block.get('base') or {}).get('score'))} | "
-                         f"{_f((block.get('adapter') or {}).get('score'))} | "
-                         f"{_f(block.get('improvement'), '+.2%')} |")
-    ood = results.get("ood") or {}
-    if ood:
-        lines.append(f"| out-of-domain loss ({_benchmark_name(ood.get('benchmark'), None)}) | "
-                     f"{_f((ood.get('base') or {}).get('mean_nats_per_token'))} | "
-                     f"{_f((ood.get('adapter') or {}).get('mean_nats_per_token'))} | {_f(ood.get('delta'), '+.4f')} |")
-    verdict = results.get("verdict") or {}
-    if "passed" in verdict:
+    loss = results.loss
+    lines.append(f"| loss (nats/token) | {_f(_loss(loss.base))} | {_f(_loss(loss.adapter))} | "
+                 f"{_f(loss.delta, '+.4f')} |")
+    for metric, block in results.metrics.items():
+        lines.append(f"| {metric} | {_f(_score(block.base))} | {_f(_score(block.adapter))} | "
+                     f"{_f(block.improvement, '+.2%')} |")
+    ood = results.ood
+    if ood is not None:
+        lines.append(f"| out-of-domain loss ({_benchmark_name(ood.benchmark, None)}) | {_f(_loss(ood.base))} | "
+                     f"{_f(_loss(ood.adapter))} | {_f(ood.delta, '+.4f')} |")
+    if results.verdict is not None:
         lines += ["", f"Minimum bar (better than the base in domain, bounded forgetting): "
-                      f"{'passed' if verdict['passed'] else 'not passed'}."]
+                      f"{'passed' if results.verdict.passed else 'not passed'}."]
     return lines
 
 
@@ -158,7 +166,7 @@ def _recipe_lines(recipe: dict[str, Any], non_standard: list[str]) -> list[str]:
             f"| prompt template | `{recipe.get('prompt_template')}` |"]
 
 
-def adapter_card(manifest: dict[str, Any], *, name: str, results: dict[str, Any] | None = None,
+def adapter_card(manifest: dict[str, Any], *, name: str, results: EvalResults | None = None,
                  license: str | None = None) -> str:
     """README.md for an adapter directory, from its manifest (as a dict) and its results."""
     base = (manifest.get("base_model") or {}).get("name") or manifest.get("recipe", {}).get("base_model", "")
@@ -190,8 +198,9 @@ def adapter_card(manifest: dict[str, Any], *, name: str, results: dict[str, Any]
 
 
 def write_adapter_card(adapter_dir: str | Path, *, name: str | None = None, license: str | None = None,
-                       results: dict[str, Any] | None = None) -> Path:
-    """(Re)write ``README.md`` of an adapter directory from its manifest and fresh results."""
+                       results: EvalResults | None = None) -> Path:
+    """(Re)write ``README.md`` of an adapter directory from its manifest and ``results``
+    (default: its fresh results, see :func:`fresh_results`)."""
     from quantgrid.utils import atomic_write_text
 
     d = Path(adapter_dir)
@@ -203,7 +212,7 @@ def write_adapter_card(adapter_dir: str | Path, *, name: str | None = None, lice
                                                     license=license))
 
 
-def refresh_adapter_card(adapter_dir: str | Path, results: dict[str, Any]) -> Path | None:
+def refresh_adapter_card(adapter_dir: str | Path, results: EvalResults) -> Path | None:
     """After an eval wrote ``results`` into the adapter: rewrite its card with them, unless the
     README.md there is not a quantgrid card (a contributor's own README is never replaced)."""
     d = Path(adapter_dir)

@@ -9,6 +9,7 @@ import pytest
 huggingface_hub = pytest.importorskip("huggingface_hub")
 
 from quantgrid.card import adapter_card, read_front_matter, release_card, write_adapter_card  # noqa: E402
+from quantgrid.eval.results import EvalResults  # noqa: E402
 from quantgrid.recipe import Recipe  # noqa: E402
 
 SECRET = "Q: What was ACME's undisclosed 2031 revenue?"
@@ -20,8 +21,8 @@ RESULTS = {
              "adapter": {"mean_nats_per_token": 1.9, "perplexity": 6.69}},
     "metrics": {"exact_match": {"base": {"score": 0.1}, "adapter": {"score": 0.3}, "improvement": 2.0}},
     "ood": {"benchmark": "builtin:general-dev", "base": {"mean_nats_per_token": 3.0},
-            "adapter": {"mean_nats_per_token": 3.05}, "delta": 0.05},
-    "verdict": {"passed": True},
+            "adapter": {"mean_nats_per_token": 3.05}, "delta": 0.05, "threshold": 0.05},
+    "verdict": {"passed": True, "in_domain_better": True, "in_domain_significant": True},
 }
 
 
@@ -50,7 +51,7 @@ def _hub_keys_ok(meta: dict) -> None:
 def test_adapter_card_front_matter_and_body():
     from huggingface_hub import ModelCard
 
-    text = adapter_card(_manifest(), name="my-sec", results=RESULTS, license="apache-2.0")
+    text = adapter_card(_manifest(), name="my-sec", results=EvalResults.model_validate(RESULTS), license="apache-2.0")
     card = ModelCard(text)  # the Hub library parses it
     assert card.data.base_model == "quantgrid-tiny-test" and card.data.license == "apache-2.0"
     meta = read_front_matter(text)
@@ -107,11 +108,11 @@ def test_eval_refreshes_a_quantgrid_card_but_never_a_users_readme(tmp_path):
     d = tmp_path / "a"
     d.mkdir()
     (d / "quantgrid.json").write_text(json.dumps(_manifest()))
-    write_adapter_card(d, results={}, license="apache-2.0")
+    write_adapter_card(d, license="apache-2.0")  # no results.json yet
     assert "model-index" not in read_front_matter((d / "README.md").read_text())
-    refresh_adapter_card(d, RESULTS)
+    refresh_adapter_card(d, EvalResults.model_validate(RESULTS))
     meta = read_front_matter((d / "README.md").read_text())
     assert "model-index" in meta and meta["license"] == "apache-2.0"  # the declared licence is kept
     (d / "README.md").write_text("# my own readme\n")
-    assert refresh_adapter_card(d, RESULTS) is None
+    assert refresh_adapter_card(d, EvalResults.model_validate(RESULTS)) is None
     assert (d / "README.md").read_text() == "# my own readme\n"

@@ -26,9 +26,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from quantgrid import __version__
 from quantgrid.data.types import Example
@@ -58,6 +58,11 @@ LOSS = "loss"  # the primary metric by default: proof of loss, what the hub judg
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
 
 
+def _none_word(v: Any) -> Any:
+    """'none' (or nothing) from a flag or a YAML file means no value."""
+    return None if isinstance(v, str) and v.strip().lower() in ("", "none") else v
+
+
 class EvalConfig(BaseModel):
     """The settings of one evaluation: the CLI flags, a YAML file and the API body."""
 
@@ -74,7 +79,8 @@ class EvalConfig(BaseModel):
                                json_schema_extra={"flag": "--metric", "short": "-m"})
     primary_metric: str = Field(LOSS, description="metric reported in LocoLLM's adapter_score / base_model_score "
                                 "/ improvement fields")
-    ood: str | None = Field(DEFAULT_OOD, description="out-of-domain set for the forgetting check ('none' skips it)")
+    ood: Annotated[str | None, BeforeValidator(_none_word)] = Field(
+        DEFAULT_OOD, description="out-of-domain set for the forgetting check ('none' skips it)")
     base_model: str | None = Field(None, description="base model id or directory (default: the one the adapter "
                                    "was trained from)")
     max_new_tokens: int = Field(128, ge=1, le=8192, description="longest generated answer, in tokens")
@@ -102,11 +108,6 @@ class EvalConfig(BaseModel):
                               "comes from the base model")
     gguf_adapter: Path | None = Field(None, description="with --gguf: the adapter as a GGUF LoRA (from `quantgrid "
                                       "export gguf --adapter`); --adapter still names its directory")
-
-    @field_validator("ood", mode="before")
-    @classmethod
-    def _no_ood(cls, v):
-        return None if isinstance(v, str) and v.strip().lower() in ("", "none") else v
 
     @field_validator("metrics")
     @classmethod
@@ -554,7 +555,8 @@ def write_into_adapter(adapter: Path, ev: Evaluation, results_text: str, report:
     if (adapter / MANIFEST).is_file():
         from quantgrid.card import refresh_adapter_card
 
-        refresh_adapter_card(adapter, json.loads(results_text))  # the model card's eval table and model-index
+        # The model card's eval table and model-index, from the file as written (non-finite numbers are null).
+        refresh_adapter_card(adapter, EvalResults.model_validate_json(results_text))
         # Rewrite the manifest last, from the previous one, so every hash covers the new files.
         prev = read_manifest(adapter)
         write_manifest(adapter, recipe=Recipe.model_validate(prev.recipe), base_name=prev.base_model.name,

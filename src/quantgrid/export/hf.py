@@ -75,9 +75,9 @@ def export_hf(s: HFExport) -> tuple[Path, list[str], dict[str, str]]:
             license = declared if isinstance(declared, str) else None
         results = None
         if "eval/results.json" in contents:
-            import json
+            from quantgrid.eval.results import EvalResults
 
-            results = json.loads(contents["eval/results.json"])
+            results = EvalResults.model_validate_json(contents["eval/results.json"])
         write_adapter_card(tmp, name=s.repo_id.split("/")[-1], license=license, results=results)
         (tmp / MANIFEST).unlink()  # its hashes describe the private originals, not these copies
         written = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())

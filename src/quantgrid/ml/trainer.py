@@ -534,7 +534,7 @@ def write_adapter(cfg: TrainConfig, model, data: PreparedData, state, info, stan
         # The card replaces PEFT's empty template; it is built from the manifest, and the
         # manifest is then rewritten so that it hashes the card too. Manifest last.
         manifest()
-        write_adapter_card(tmp, name=out.resolve().name, license=run.license, results={})
+        write_adapter_card(tmp, name=out.resolve().name, license=run.license)  # no eval yet: "not evaluated"
         (tmp / MANIFEST).unlink()
         manifest()
         install(tmp, plan)
