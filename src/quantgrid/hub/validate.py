@@ -151,7 +151,7 @@ class FactorCache:
 
     def path(self, sha256: str) -> Path:
         if not sha256 or any(c not in "0123456789abcdef" for c in sha256):
-            raise ValidationError("cache.key", f"not a sha256 hex digest: {sha256[:80]!r}")
+            raise ValidationError(f"not a sha256 hex digest: {sha256[:80]!r}", check="cache.key")
         return self.root / f"{sha256}.safetensors"
 
     def put(self, sha256: str, weights: bytes) -> Path:
