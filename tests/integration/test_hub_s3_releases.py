@@ -101,7 +101,9 @@ def _release_keys(archives: ReleaseArchives) -> list[str]:
     return sorted(k for k, _ in archives.iter_objects())
 
 
+@pytest.mark.slow
 def test_releases_live_in_s3_whole_served_deployed_and_collected(s3_hub, adapter_zips, tmp_path):
+    """Run with: pytest -m slow tests/integration/test_hub_s3_releases.py (about a minute on 2 cores)"""
     from quantgrid.serve.deploy import HubReleaseSource
 
     settings, db = s3_hub["settings"], s3_hub["db"]
