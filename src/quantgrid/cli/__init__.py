@@ -22,6 +22,7 @@ from quantgrid.cli import (
     export,
     hub,
     hub_gc,
+    hub_human_eval,
     hub_release,
     hub_validation,
     package,
@@ -92,7 +93,7 @@ def _root(
 
 # Order is the order of `quantgrid --help`: the contributor journey first.
 for _module in (demo, data, base, recipe, train, evaluate, alpha, package, contrib, contrib_tools, hub, hub_validation,
-                hub_release, hub_gc, serve, export, vllm):
+                hub_release, hub_gc, hub_human_eval, serve, export, vllm):
     _module.register(app)
 
 

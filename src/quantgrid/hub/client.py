@@ -266,3 +266,18 @@ class HubClient:
             version = self.latest_release().version
         resp = self._request("GET", f"/v1/releases/{version}/download")
         return atomic_write_bytes(dest, resp.content)
+
+    # ---- human evaluation (quantgrid.hub.server.human_eval) ----
+    def human_eval_generate(self, kind: str, target: str | int, *, benchmark: str = "finance-dev",
+                            n: int = 8) -> int:
+        """Queue the job that answers ``n`` questions of ``benchmark`` with the base and the
+        candidate (an accepted adapter's id or a release's version); returns the job id. Admins
+        only. Asking again with the same arguments returns the same job, so a retry is safe."""
+        body = json.dumps({"benchmark": benchmark, "n": n}).encode()
+        resp = self._request("POST", f"/v1/human-eval/{kind}/{target}/generate", auth=True,
+                             content_factory=lambda: body, headers={"Content-Type": "application/json"})
+        return int(resp.json()["job_id"])
+
+    def human_eval_results(self) -> dict[str, dict[str, Any]]:
+        """``{"adapter": {id: totals}, "release": {version: totals}}`` for every graded candidate."""
+        return self._request("GET", "/v1/human-eval").json()

@@ -8,6 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 SubmissionStatus = Literal["queued", "validating", "accepted", "rejected"]
+# The sets human evaluation may sample: public ones only, since graders read the questions.
+HumanEvalBenchmark = Literal["finance-dev", "alpha-bench"]
+HUMAN_EVAL_MAX_SAMPLE = 200
 
 # Headers of the upload endpoint (POST /v1/submissions, raw zip body).
 SHA256_HEADER = "X-Content-SHA256"
@@ -120,6 +123,9 @@ class ReleaseOut(_Out):
     published_at: dt.datetime | None = None
     metrics: dict[str, Any] | None = None
     notes: str | None = None
+    human_eval: dict[str, Any] | None = Field(
+        None, description="the release's blind human-evaluation totals (as GET /v1/human-eval/release/{version}); "
+        "null until a maintainer has graded one of its answer pairs")
 
 
 class ReleaseList(_Out):

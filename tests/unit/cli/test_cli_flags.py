@@ -38,14 +38,15 @@ def test_the_redesigned_commands_use_generated_flags():
             "export gguf", "export ollama"} <= set(GENERATED)
     assert {"package", "data check", "data normalize", "data split", "data leakage", "data finance",
             "data from-feedback", "data sample", "base tiny", "recipe show", "propose", "registry", "login", "whoami",
-            "push", "status", "leaderboard", "upvote", "releases", "demo", "alpha synth"} <= set(GENERATED)
+            "push", "status", "leaderboard", "upvote", "releases", "demo", "alpha synth", "hub human-eval generate",
+            "hub human-eval results"} <= set(GENERATED)
 
 
 # Commands whose every option is generated: no hand-written typer.Option is left in them.
 def test_no_hand_written_options_in_the_converted_commands():
     for name in ("package", "data check", "data normalize", "data split", "data leakage", "data from-feedback",
                  "data sample", "base tiny", "recipe show", "propose", "registry", "login", "push", "status",
-                 "leaderboard", "releases", "demo", "alpha synth"):
+                 "leaderboard", "releases", "demo", "alpha synth", "hub human-eval generate", "hub human-eval results"):
         cmd = GENERATED[name]
         generated = {k for g in cmd.callback.settings_groups for k in g.settings}
         assert {p.name for p in _options(cmd)} - ACTIONS <= generated, name

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import typing
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
@@ -38,10 +39,12 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from quantgrid.errors import ConfigError, NotFound, PermissionDenied
+from quantgrid.hub import schemas as S
 from quantgrid.hub.server.auth import Principal
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.deps import AdminUser, OptionalUser, get_db
 from quantgrid.hub.server.models import Adapter, HumanEvalGrade, HumanEvalItem, Release
+from quantgrid.merge.schedule import VERSION_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +53,11 @@ FLAG = "risk_flag"
 LABELS = {"clarity": "Clarity", "correctness": "Correctness", "number_accuracy": "Number accuracy",
           "strategy_quality": "Strategy quality", FLAG: "Risk flagged", "overall": "Overall (sum of the four)"}
 # Public sets only: graders see the questions, so the hidden benchmark must never be one.
-PUBLIC_SETS = ("finance-dev", "alpha-bench")
+PUBLIC_SETS = typing.get_args(S.HumanEvalBenchmark)
 KINDS = ("adapter", "release")
 JOB_KIND = "human_eval"
 DEFAULT_SAMPLE = 8
-MAX_SAMPLE = 200
+MAX_SAMPLE = S.HUMAN_EVAL_MAX_SAMPLE
 
 Kind = Literal["adapter", "release"]
 
@@ -359,3 +362,41 @@ def get_one(kind: Kind, target: Target, db: DB, _user: OptionalUser) -> dict[str
     """One candidate's aggregated results (no answers, no per-item grades)."""
     got = summaries(db, kind, [target]).get(target)
     return rounded(got) if got else {"grades": 0, "dimensions": {}}
+
+
+# ------------------------------------------------------------------ the totals in the release API
+# GET /v1/releases (and /latest, /{version}) answer with each release's human-evaluation
+# totals. These routes are mounted before the releases router, so they answer first: they
+# call its handlers and add ``human_eval`` to what those return, which keeps the release
+# logic in one place.
+
+release_router = APIRouter(prefix="/v1/releases", tags=["releases"])
+
+
+def with_totals(db: Database, items: Sequence[S.ReleaseOut]) -> list[S.ReleaseOut]:
+    """``items`` with ``human_eval`` set for every release that has grades (one query for all)."""
+    got = summaries(db, "release", [r.version for r in items])
+    return [r.model_copy(update={"human_eval": rounded(got[r.version])}) if r.version in got else r for r in items]
+
+
+@release_router.get("", response_model=S.ReleaseList, include_in_schema=False)
+def list_releases_with_totals(db: DB, user: OptionalUser) -> S.ReleaseList:
+    from quantgrid.hub.server import releases
+
+    listing = releases.list_releases(db, user)
+    return listing.model_copy(update={"items": with_totals(db, listing.items)})
+
+
+@release_router.get("/latest", response_model=S.ReleaseOut, include_in_schema=False)
+def latest_with_totals(db: DB, user: OptionalUser) -> S.ReleaseOut:
+    from quantgrid.hub.server import releases
+
+    return with_totals(db, [releases.latest(db, user)])[0]
+
+
+@release_router.get("/{version}", response_model=S.ReleaseOut, include_in_schema=False)
+def release_with_totals(version: Annotated[str, Path(pattern=VERSION_PATTERN)], db: DB,
+                        user: OptionalUser) -> S.ReleaseOut:
+    from quantgrid.hub.server import releases
+
+    return with_totals(db, [releases.get_release(version, db, user)])[0]
