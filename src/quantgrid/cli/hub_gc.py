@@ -22,7 +22,7 @@ GRACE_FLAGS = Flags(settings_of(HubSettings, only=("gc_grace_seconds",)), panel=
 
 @settings_command(Flags(settings_of(GcOptions)), GRACE_FLAGS, HUB_STORAGE_FLAGS)
 def gc(**given: Any) -> None:
-    """Remove unreferenced blobs (local or S3), stale upload temp files, release staging and temp directories.
+    """Remove unreferenced blobs and release objects (local or S3), stale upload temp files, release staging and temp directories.
 
     Safe while the hub runs: a blob younger than the grace may belong to an upload about to commit and is kept, and staging directories are kept while a job of this machine is running. Every hub start runs the same cleanup.
     """
