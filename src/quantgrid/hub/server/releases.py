@@ -104,8 +104,12 @@ def release_dir(settings: HubSettings, release: Release) -> Path | None:
             raise NotFound(f"release {release.version} is in object storage ({release.path}) but the hub's "
                            "storage_url is a local directory", hint="hub admin: set storage_url back")
         return archives.local_dir(release.path)
-    d = Path(release.path) if release.path else None
-    return d if d is not None and (d / "adapter_model.safetensors").is_file() else None
+    # The recorded path, else the same version in this hub's release directory (a storage_dir
+    # that moved since the release was published).
+    for d in (Path(release.path) if release.path else None, release_root(settings) / release.version):
+        if d is not None and (d / "adapter_model.safetensors").is_file():
+            return d
+    return None
 
 
 def current_release_dir(settings: HubSettings, db: Database) -> Path | None:
