@@ -43,8 +43,7 @@ from quantgrid.hub.settings import HubSettings
 
 log = logging.getLogger(__name__)
 
-# human_eval.release_router answers the release reads (adding their grades), so it precedes releases.router.
-ROUTERS = (routes.router, human_eval.release_router, releases.router, registry.router, human_eval.router, web.router)
+ROUTERS = (routes.router, releases.router, registry.router, human_eval.router, web.router)
 
 API_DESCRIPTION = """\
 The quantgrid hub: contributors push LoRA adapter submissions, the hub validates them with a

@@ -44,7 +44,6 @@ from quantgrid.hub.server.auth import Principal
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.deps import AdminUser, OptionalUser, get_db
 from quantgrid.hub.server.models import Adapter, HumanEvalGrade, HumanEvalItem, Release
-from quantgrid.merge.schedule import VERSION_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -365,38 +364,10 @@ def get_one(kind: Kind, target: Target, db: DB, _user: OptionalUser) -> dict[str
 
 
 # ------------------------------------------------------------------ the totals in the release API
-# GET /v1/releases (and /latest, /{version}) answer with each release's human-evaluation
-# totals. These routes are mounted before the releases router, so they answer first: they
-# call its handlers and add ``human_eval`` to what those return, which keeps the release
-# logic in one place.
-
-release_router = APIRouter(prefix="/v1/releases", tags=["releases"])
 
 
-def with_totals(db: Database, items: Sequence[S.ReleaseOut]) -> list[S.ReleaseOut]:
-    """``items`` with ``human_eval`` set for every release that has grades (one query for all)."""
+def with_grades(db: Database, items: Sequence[S.ReleaseOut]) -> list[S.ReleaseOut]:
+    """``items`` with ``human_eval`` set for every release that has grades (one query for all):
+    the release API answers with each release's human-evaluation totals."""
     got = summaries(db, "release", [r.version for r in items])
     return [r.model_copy(update={"human_eval": rounded(got[r.version])}) if r.version in got else r for r in items]
-
-
-@release_router.get("", response_model=S.ReleaseList, include_in_schema=False)
-def list_releases_with_totals(db: DB, user: OptionalUser) -> S.ReleaseList:
-    from quantgrid.hub.server import releases
-
-    listing = releases.list_releases(db, user)
-    return listing.model_copy(update={"items": with_totals(db, listing.items)})
-
-
-@release_router.get("/latest", response_model=S.ReleaseOut, include_in_schema=False)
-def latest_with_totals(db: DB, user: OptionalUser) -> S.ReleaseOut:
-    from quantgrid.hub.server import releases
-
-    return with_totals(db, [releases.latest(db, user)])[0]
-
-
-@release_router.get("/{version}", response_model=S.ReleaseOut, include_in_schema=False)
-def release_with_totals(version: Annotated[str, Path(pattern=VERSION_PATTERN)], db: DB,
-                        user: OptionalUser) -> S.ReleaseOut:
-    from quantgrid.hub.server import releases
-
-    return with_totals(db, [releases.get_release(version, db, user)])[0]

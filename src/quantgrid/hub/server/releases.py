@@ -50,6 +50,7 @@ from quantgrid.errors import NotFound
 from quantgrid.hub import schemas as S
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.deps import OptionalUser, get_blobs, get_db, get_settings
+from quantgrid.hub.server.human_eval import with_grades
 from quantgrid.hub.server.models import Adapter, Job, Release, User, utcnow
 from quantgrid.hub.server.storage import BlobStore, ReleaseArchives, open_release_archives
 from quantgrid.hub.settings import HubSettings
@@ -343,7 +344,7 @@ def list_releases(db: DB, _user: OptionalUser) -> S.ReleaseList:
         rows = list(s.scalars(select(Release).where(Release.status == "published")))
     rows.sort(key=lambda r: version_key(r.version), reverse=True)
     current = next((r.version for r in rows if r.is_current), None)
-    return S.ReleaseList(current=current, items=[_out(r) for r in rows])
+    return S.ReleaseList(current=current, items=with_grades(db, [_out(r) for r in rows]))
 
 
 @router.get("/latest", response_model=S.ReleaseOut)
@@ -352,12 +353,12 @@ def latest(db: DB, _user: OptionalUser) -> S.ReleaseOut:
     r = current_release(db)
     if r is None:
         raise NotFound("this hub has not published a release yet", hint="releases run weekly; try again later")
-    return _out(r)
+    return with_grades(db, [_out(r)])[0]
 
 
 @router.get("/{version}", response_model=S.ReleaseOut)
 def get_release(version: Version, db: DB, _user: OptionalUser) -> S.ReleaseOut:
-    return _out(_published(db, version))
+    return with_grades(db, [_out(_published(db, version))])[0]
 
 
 @router.get("/{version}/download", response_class=FileResponse,
