@@ -34,12 +34,12 @@ def require_postgres() -> str:
 
 
 @contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    """A new, empty database on the test server; dropped afterwards."""
+def fresh_database(server_url: str | None = None) -> Iterator[str]:
+    """A new, empty database on ``server_url`` (default: the test server); dropped afterwards."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    url = make_url(require_postgres())
+    url = make_url(server_url or require_postgres())
     name = f"qg_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     try:

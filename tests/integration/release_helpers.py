@@ -6,6 +6,8 @@ clearly: a genuinely helpful adapter, made in about a second.
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import torch
@@ -63,3 +65,15 @@ def train_adapters(base: str, recipe: Recipe, root: Path, specs: dict[str, tuple
         model.save_pretrained(str(root / name))
         out[name] = root / name
     return out
+
+
+def submission_zips(dirs: dict[str, Path]) -> dict[str, bytes]:
+    """Each trained adapter as the minimal submission zip (its PEFT config and weights)."""
+    zips = {}
+    for name, d in dirs.items():
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            for f in ("adapter_config.json", "adapter_model.safetensors"):
+                zf.write(d / f, f)
+        zips[name] = buf.getvalue()
+    return zips

@@ -10,7 +10,7 @@ import io
 import zipfile
 
 import pytest
-from release_helpers import release_recipe, train_adapters
+from release_helpers import release_recipe, submission_zips, train_adapters
 
 pytest.importorskip("s3fs")
 pytest.importorskip("fastapi")
@@ -38,15 +38,7 @@ class Killed(BaseException):
 @pytest.fixture(scope="module")
 def adapter_zips(tiny_base, tmp_path_factory):
     root = tmp_path_factory.mktemp("s3-adapters")
-    dirs = train_adapters(tiny_base, release_recipe(tiny_base), root, {"a": (21, 1.0), "b": (22, 1.0)})
-    zips = {}
-    for name, d in dirs.items():
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            for f in ("adapter_config.json", "adapter_model.safetensors"):
-                zf.write(d / f, f)
-        zips[name] = buf.getvalue()
-    return zips
+    return submission_zips(train_adapters(tiny_base, release_recipe(tiny_base), root, {"a": (21, 1.0), "b": (22, 1.0)}))
 
 
 def _settings(storage_dir, bucket, endpoint, recipe_file, db_url=None) -> HubSettings:

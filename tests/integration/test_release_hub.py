@@ -11,7 +11,7 @@ import time
 import zipfile
 
 import pytest
-from release_helpers import release_recipe, train_adapters
+from release_helpers import release_recipe, submission_zips, train_adapters
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -31,15 +31,7 @@ RELEASE_FILES = {"adapter_config.json", "adapter_model.safetensors", "quantgrid.
 @pytest.fixture(scope="module")
 def adapter_zips(tiny_base, tmp_path_factory):
     root = tmp_path_factory.mktemp("hub-adapters")
-    dirs = train_adapters(tiny_base, release_recipe(tiny_base), root, {"a": (21, 1.0), "b": (22, 1.0), "c": (23, 1.0)})
-    zips = {}
-    for name, d in dirs.items():
-        buf = io.BytesIO()
-        with zipfile.ZipFile(buf, "w") as zf:
-            for f in ("adapter_config.json", "adapter_model.safetensors"):
-                zf.write(d / f, f)
-        zips[name] = buf.getvalue()
-    return zips
+    return submission_zips(train_adapters(tiny_base, release_recipe(tiny_base), root, {"a": (21, 1.0), "b": (22, 1.0), "c": (23, 1.0)}))
 
 
 @pytest.fixture
