@@ -31,11 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 QUANTGRID = str(Path(sys.executable).with_name("quantgrid"))
 RESULTS = Path(__file__).parent / "results" / "hub_throughput.json"
+# The test suite's helpers: the seeded submission generator and the throwaway-database helper.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def free_port() -> int:
@@ -44,29 +45,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.contextmanager
-def fresh_database(admin_url: str):
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
-
-    url = make_url(admin_url)
-    name = f"qg_bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'CREATE DATABASE "{name}"'))
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def env_for(root: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTGRID_")}
     env.update({"QUANTGRID_CONFIG_DIR": str(root / "cfg"), "QUANTGRID_HUB_WORKER_POLL_SECONDS": "0.1",
                 "QUANTGRID_HUB_MAX_CONCURRENT_UPLOADS_PER_USER": "8"})
     return env
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -82,8 +69,6 @@ def stop(proc: subprocess.Popen) -> None:
 def submissions(base: str, n: int) -> list[bytes]:
     """N distinct, well-formed submission zips (seeded)."""
     import numpy as np
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from malicious import generator as g
 
     from quantgrid.adapter import BaseShape, expected_lora_shapes
@@ -102,6 +87,7 @@ def submissions(base: str, n: int) -> list[bytes]:
 
 def run(admin_url: str, base: str, zips: list[bytes], workers: int, root: Path) -> dict:
     import httpx
+    from _postgres import fresh_database
     from sqlalchemy import func, select
 
     from quantgrid.hub.server.auth import add_user
@@ -133,11 +119,15 @@ def run(admin_url: str, base: str, zips: list[bytes], workers: int, root: Path) 
                 r = httpx.post(f"{api_url}/v1/submissions", content=data, timeout=60, headers={
                     "Authorization": f"Bearer {tokens[i // 10]}", "X-Content-SHA256": hashlib.sha256(data).hexdigest()})
                 assert r.status_code == 201, r.text
+            # One share of the cores per worker, as an operator sets it: torch's default of a
+            # thread per core in every worker oversubscribes the machine (2 workers x 2 threads
+            # on 2 cores ran slower than 1 worker).
+            wenv = {**env, "OMP_NUM_THREADS": str(threads_per_worker(workers))}
             for w in range(workers):
                 wlog = open(root / f"worker-{workers}-{w}.log", "ab")
                 procs.append(subprocess.Popen(
                     [QUANTGRID, "hub", "worker", "--storage", str(storage), "--db", url, "--kind", "validate",
-                     "--base-model", base, "--log-level", "warning"], env=env, stdout=wlog, stderr=subprocess.STDOUT))
+                     "--base-model", base, "--log-level", "warning"], env=wenv, stdout=wlog, stderr=subprocess.STDOUT))
             launched = time.monotonic()
             first_taken = None
             while True:
@@ -161,7 +151,7 @@ def run(admin_url: str, base: str, zips: list[bytes], workers: int, root: Path) 
             for p in procs:
                 stop(p)
             db.dispose()
-    return {"workers": workers, "n": len(zips), "seconds": round(elapsed, 2),
+    return {"workers": workers, "threads_per_worker": threads_per_worker(workers), "n": len(zips), "seconds": round(elapsed, 2),
             "start_up_seconds": round(first_taken - launched, 2),
             "subs_per_minute": round(len(zips) * 60.0 / elapsed, 2),
             "verdicts": {f"{st}:{stage}": sum(1 for v in stages if v == (st, stage)) for st, stage in set(stages)}}
