@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from quantgrid import lora_files
 from quantgrid.errors import QuantGridError
 
 # Three simulated contributors, each with its own topic mix (and so its own data).
@@ -337,10 +338,10 @@ def make_noise_adapter(src: Path, out: Path) -> Path:
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(src, out, ignore=shutil.ignore_patterns("eval"))
-    weights = load_file(str(out / "adapter_model.safetensors"))
+    weights = load_file(str(out / lora_files.WEIGHTS))
     gen = torch.Generator().manual_seed(7)
     noisy = {k: torch.randn(v.shape, generator=gen) * (v.norm() / v.numel() ** 0.5) for k, v in weights.items()}
-    save_file(noisy, str(out / "adapter_model.safetensors"))
+    save_file(noisy, str(out / lora_files.WEIGHTS))
     m = read_manifest(out)
     write_manifest(out, recipe=Recipe.from_dict(m.recipe), base_name=m.base_model.name,
                    base_fingerprint=m.base_model.fingerprint, previous=m.model_copy(update={"eval": None}))

@@ -10,6 +10,7 @@ import typer
 from pydantic import BaseModel
 from rich.markup import escape
 
+from quantgrid import lora_files
 from quantgrid.cli._common import console, err_console
 from quantgrid.cli.options import Flags, settings_command
 from quantgrid.errors import ConfigError, ExportError
@@ -34,9 +35,10 @@ def _base_for(adapter: Path, base: str | None) -> str:
         recipe = json.loads(manifest.read_text()).get("recipe") or {}
         if recipe.get("base_model"):
             return recipe["base_model"]
-    cfg = adapter / "adapter_config.json"
-    if cfg.is_file() and json.loads(cfg.read_text()).get("base_model_name_or_path"):
-        return json.loads(cfg.read_text())["base_model_name_or_path"]
+    if (adapter / lora_files.CONFIG).is_file():
+        named = lora_files.read_config(adapter, error=ExportError).get("base_model_name_or_path")
+        if named:
+            return named
     raise ExportError(f"cannot tell which base {adapter} was trained on", hint="pass --base ID_OR_PATH")
 
 

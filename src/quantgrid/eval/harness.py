@@ -30,7 +30,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from quantgrid import __version__
+from quantgrid import __version__, lora_files
 from quantgrid.data.types import Example
 from quantgrid.errors import ConfigError, DataError, EvalError
 from quantgrid.eval.loss import DEFAULT_BATCH_TOKENS, LossResult, bootstrap_delta_ci
@@ -204,8 +204,8 @@ def resolve_adapter(adapter: Path | None, base_model: str | None) -> AdapterInfo
     if adapter is None:
         recipe = Recipe()
         return AdapterInfo(recipe, base_model or recipe.base_model, "base")
-    if not (adapter / "adapter_config.json").is_file():
-        raise ConfigError(f"--adapter {adapter} is not an adapter directory (no adapter_config.json)",
+    if not (adapter / lora_files.CONFIG).is_file():
+        raise ConfigError(f"--adapter {adapter} is not an adapter directory (no {lora_files.CONFIG})",
                           hint="pass the directory `quantgrid train` wrote")
     manifest = read_manifest(adapter) if (adapter / MANIFEST).is_file() else None
     recipe = Recipe.model_validate(manifest.recipe) if manifest else Recipe()

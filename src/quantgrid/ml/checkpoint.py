@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from quantgrid import lora_files
 from quantgrid.errors import ConfigError
 from quantgrid.utils import atomic_dir
 
@@ -99,7 +100,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "adapter_model.safetensors"))
+    weights = load_file(str(path / lora_files.WEIGHTS))
     set_peft_model_state_dict(model, weights)
     # weights_only: these files hold tensors and plain containers, never code.
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from quantgrid import lora_files
 from quantgrid.errors import AdapterMismatchError, ModelError
 from quantgrid.recipe import Recipe
 
@@ -256,9 +257,8 @@ def read_adapter_base(adapter_dir: str | Path) -> tuple[str | None, str | None]:
         if isinstance(base, dict):
             return base.get("name"), base.get("fingerprint")
         return str(base), m.get("base_fingerprint")
-    cfg = d / "adapter_config.json"
-    if cfg.is_file():
-        return json.loads(cfg.read_text()).get("base_model_name_or_path"), None
+    if (d / lora_files.CONFIG).is_file():
+        return lora_files.read_config(d).get("base_model_name_or_path"), None
     return None, None
 
 
@@ -282,8 +282,8 @@ def load_adapter(model, adapter_dir: str | Path, adapter_name: str = "default", 
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ModelError(f"{adapter_dir} is not an adapter directory (no adapter_config.json)",
+    if not (adapter_dir / lora_files.CONFIG).is_file():
+        raise ModelError(f"{adapter_dir} is not an adapter directory (no {lora_files.CONFIG})",
                          hint="pass the directory that `quantgrid train` wrote")
     if base is not None:
         check_adapter_base(adapter_dir, base)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from quantgrid import lora_files
 from quantgrid.errors import ConfigError, DataError, OutOfMemoryError, QuantGridError
 from quantgrid.ml.train_config import (  # noqa: F401 (re-exported: the trainer's public settings API)
     SETTINGS,
@@ -501,10 +502,12 @@ def write_adapter(cfg: TrainConfig, model, data: PreparedData, state, info, stan
     out = Path(run.output_dir)
     with staging(out) as tmp:
         model.save_pretrained(str(tmp))  # PEFT: adapter_config.json + adapter_model.safetensors (+ its README)
-        # The config records our base name, not this machine's path to it (that leaks
-        # the user's directory layout and means nothing elsewhere).
-        conf = json.loads((tmp / CONFIG).read_text())
-        conf["base_model_name_or_path"] = rec.base_model
+        # The config records the base's id, never this machine's path to it (that leaks
+        # the user's directory layout and means nothing elsewhere). The recipe's name comes
+        # first; a recipe that names a local path falls back to the loaded base's name (a
+        # Hub id found in the cache, or a quantgrid base's recorded name), else None.
+        conf = lora_files.read_config(tmp)
+        conf["base_model_name_or_path"] = lora_files.base_id(rec.base_model) or lora_files.base_id(info.name)
         (tmp / CONFIG).write_text(json.dumps(conf, indent=2, sort_keys=True))
         # The recipe's prompt as the tokenizer's chat template: every client prompts like training.
         save_chat_template(tmp, load_tokenizer(_local_base(run.base_model_path or rec.base_model)), rec.prompt_template,

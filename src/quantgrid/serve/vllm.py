@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quantgrid import lora_files
 from quantgrid.errors import AdapterMismatchError, ConfigError, ModelError, QuantGridError
 from quantgrid.serve.deploy import ReleaseRef, ReleaseSource, release_version
 
@@ -45,12 +46,9 @@ def vllm_rank(rank: int) -> int:
 
 def adapter_rank(path: Path) -> int:
     """The largest LoRA rank in an adapter directory's ``adapter_config.json``."""
-    cfg_path = Path(path) / "adapter_config.json"
-    if not cfg_path.is_file():
-        raise ModelError(f"{path} is not an adapter directory (no adapter_config.json)",
-                         hint="pass the directory that `quantgrid train` or a release wrote")
+    cfg_path = Path(path) / lora_files.CONFIG
+    cfg = lora_files.read_config(path, error=ModelError)
     try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         ranks = [int(cfg["r"]), *(int(v) for v in (cfg.get("rank_pattern") or {}).values())]
     except (ValueError, KeyError, TypeError) as e:
         raise ModelError(f"{cfg_path} is not a LoRA adapter config ({type(e).__name__}: {e})",

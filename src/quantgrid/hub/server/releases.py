@@ -46,6 +46,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import select, update
 
+from quantgrid import lora_files
 from quantgrid.errors import NotFound
 from quantgrid.hub import schemas as S
 from quantgrid.hub.server.db import Database
@@ -108,7 +109,7 @@ def release_dir(settings: HubSettings, release: Release) -> Path | None:
     # The recorded path, else the same version in this hub's release directory (a storage_dir
     # that moved since the release was published).
     for d in (Path(release.path) if release.path else None, release_root(settings) / release.version):
-        if d is not None and (d / "adapter_model.safetensors").is_file():
+        if d is not None and (d / lora_files.WEIGHTS).is_file():
             return d
     return None
 
@@ -214,7 +215,7 @@ def rollback(settings: HubSettings, db: Database, version: str) -> Release:
             archives = open_release_archives(settings)
             present = archives is not None and archives.exists(target.path)
         else:
-            present = bool(target.path) and (Path(target.path) / "adapter_model.safetensors").is_file()
+            present = bool(target.path) and (Path(target.path) / lora_files.WEIGHTS).is_file()
         if not present:
             raise NotFound(f"release {version}'s files are missing from {target.path}")
         s.execute(update(Release).values(is_current=False))
@@ -381,7 +382,7 @@ def download(version: Version, db: DB, settings: Settings, blobs: Blobs, _user: 
         return StreamingResponse(stream(), media_type="application/zip",
                                  headers={"Content-Disposition": f'attachment; filename="{filename}"'})
     src = Path(r.path or "")
-    if not (src / "adapter_model.safetensors").is_file():
+    if not (src / lora_files.WEIGHTS).is_file():
         raise NotFound(f"release {version}'s files are missing on the hub", hint="tell the hub admin")
     cached = release_root(settings) / f".{version}.zip"
     if not cached.is_file():
