@@ -15,6 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from quantgrid import lora_files
 from quantgrid.errors import NotFound
 
 _DTYPE_LEVEL = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "int8": "Q8_0"}
@@ -81,7 +82,7 @@ def _file_digest(path: str, mtime_ns: int, size: int) -> str:
 
 
 def _weights(path: Path) -> Path:
-    return path / "adapter_model.safetensors"
+    return path / lora_files.WEIGHTS
 
 
 def card(state, name: str) -> ModelCard:

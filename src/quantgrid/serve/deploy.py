@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from quantgrid import lora_files
 from quantgrid.errors import ConfigError, NotFound
 from quantgrid.merge.schedule import ReleaseVersion
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # The adapter, its records, and the tokenizer files carrying the recipe's chat template
 # (quantgrid.data.chat_template.save_chat_template writes them).
-RELEASE_FILES = ("adapter_config.json", "adapter_model.safetensors", "quantgrid.json", "release.json",
+RELEASE_FILES = (lora_files.CONFIG, lora_files.WEIGHTS, "quantgrid.json", "release.json",
                  "RELEASE_NOTES.md", "README.md", "chat_template.jinja", "tokenizer_config.json", "tokenizer.json",
                  "tokenizer.model", "special_tokens_map.json")
 
@@ -79,12 +80,12 @@ class DirReleaseSource:
         self.root = Path(root).expanduser()
 
     def _all(self) -> list[ReleaseRef]:
-        if (self.root / "adapter_config.json").is_file():
+        if (self.root / lora_files.CONFIG).is_file():
             return [ReleaseRef(release_version(self.root), self.root)]
         if not self.root.is_dir():
             return []
         refs = [ReleaseRef(d.name, d) for d in self.root.iterdir()
-                if d.is_dir() and _is_version(d.name) and (d / "adapter_config.json").is_file()]
+                if d.is_dir() and _is_version(d.name) and (d / lora_files.CONFIG).is_file()]
         return sorted(refs, key=lambda r: _version_key(r.version))
 
     def latest(self) -> ReleaseRef | None:
@@ -129,7 +130,7 @@ class HubReleaseSource:
         if not _is_version(version):
             raise ConfigError(f"{version!r} is not a release version", hint="use YYYY.WW, e.g. 2026.47, or 'latest'")
         target = self.cache_dir / self._cache_key(version)
-        if (target / "adapter_config.json").is_file():
+        if (target / lora_files.CONFIG).is_file():
             return ReleaseRef(version, target)
         archive = self.cache_dir / f".{version}.zip"
         self.client.download_release(version, archive)  # NotFound (404) for an unknown version
@@ -146,7 +147,7 @@ def unpack_release(data: bytes, target: Path) -> Path:
 
     with zipfile.ZipFile(io.BytesIO(data)) as zf, atomic_dir(target, overwrite=True) as tmp:
         names = {Path(n).name: n for n in zf.namelist() if Path(n).name in RELEASE_FILES and not n.endswith("/")}
-        if "adapter_config.json" not in names or "adapter_model.safetensors" not in names:
+        if lora_files.CONFIG not in names or lora_files.WEIGHTS not in names:
             raise ConfigError("the release archive holds no adapter", hint="check the hub's release build")
         for short, full in names.items():
             (tmp / short).write_bytes(zf.read(full))
@@ -157,7 +158,7 @@ def resolve_release(spec: str, hub: str | None, cache_dir: str | Path) -> tuple[
     """``--release`` (a directory, 'latest' or YYYY.WW) -> the release and the source to poll."""
     p = Path(spec).expanduser()
     if p.exists():
-        if not (p / "adapter_config.json").is_file():
+        if not (p / lora_files.CONFIG).is_file():
             raise ConfigError(f"--release {spec}: not a release directory (no adapter_config.json)",
                               hint="pass a release directory, 'latest' or a version like 2026.47 with --hub")
         return ReleaseRef(release_version(p), p), None

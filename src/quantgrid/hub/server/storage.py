@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from quantgrid import lora_files
 from quantgrid.errors import HubError, NotFound, PayloadTooLarge, Unprocessable
 from quantgrid.hub.server.hostproc import pid_alive
 from quantgrid.utils import fsync_dir
@@ -434,7 +435,7 @@ class ReleaseArchives:
 
         key, version, sha = self.parse(ref)
         out = self.cache_dir / sha
-        if (out / "adapter_model.safetensors").is_file():
+        if (out / lora_files.WEIGHTS).is_file():
             return out
         with _storage_errors("fetching a release"):
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
