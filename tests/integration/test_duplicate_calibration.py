@@ -26,6 +26,7 @@ import torch
 
 from quantgrid.data.finance import TOPICS, concepts, generate
 from quantgrid.hub.validate import ValidationConfig
+from quantgrid.lora_files import module_name
 from quantgrid.merge.methods import LoraFactors, delta_cosine, merge, projected_cosine
 from quantgrid.recipe import Recipe
 
@@ -47,7 +48,8 @@ class Trainer:
 
     def factors(self) -> dict[str, LoraFactors]:
         sd = {n: p.detach().clone() for n, p in self.lora}
-        return {n.split(".lora_A")[0]: LoraFactors(sd[n], sd[n.replace("lora_A", "lora_B")], self.recipe.lora.scaling)
+        # Keyed by the base's module names, as the hub reads a submission (lora_files).
+        return {module_name(n.split(".lora_A")[0]): LoraFactors(sd[n], sd[n.replace("lora_A", "lora_B")], self.recipe.lora.scaling)
                 for n in sd if "lora_A" in n}
 
     def start(self, seed: int | None = None, factors: dict[str, LoraFactors] | None = None) -> None:
@@ -58,7 +60,7 @@ class Trainer:
                     torch.nn.init.kaiming_uniform_(p, a=math.sqrt(5)) if "lora_A" in n else p.zero_()
             else:
                 for n, p in self.lora:
-                    f = factors[n.split(".lora_")[0]]
+                    f = factors[module_name(n.split(".lora_")[0])]
                     p.copy_(f.A if "lora_A" in n else f.B)
 
     def data(self, examples, fmt: str, name: str):
