@@ -248,9 +248,18 @@ def test_non_streaming_client_that_disconnects_frees_its_row(front):
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(front.url + "/v1/completions", timeout=httpx.Timeout(60, read=0.5), json={
             "model": "quantgrid:crypto", "prompt": "bitcoin", "max_tokens": 1000, "temperature": 0,
-            "stop": [], "seed": 1})
+            "stop": [], "seed": 1, "ignore_eos": True})  # an early end-of-text would finish it first
     deadline = time.time() + 30
     while (engine.n_active or engine.stats.requests_cancelled == before) and time.time() < deadline:
         time.sleep(0.02)
     assert engine.n_active == 0 and engine.stats.requests_cancelled == before + 1
     assert engine.slots.refs[engine.slots.slot_of["crypto"]] == 0
+
+
+def test_ignore_eos_generates_exactly_max_tokens(front):
+    """vLLM's ignore_eos extension: the answer runs to max_tokens whatever the model would end on."""
+    r = httpx.post(front.url + "/v1/completions", timeout=60, json={
+        "model": "quantgrid:crypto", "prompt": "bitcoin", "max_tokens": 40, "temperature": 0, "ignore_eos": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["usage"]["completion_tokens"] == 40 and body["choices"][0]["finish_reason"] == "length"

@@ -69,6 +69,8 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=MAX_N, description="choices to generate (each one an engine row)")
     user: StrictStr | None = Field(None, description="end-user id: keeps an A/B arm sticky")
+    ignore_eos: bool = Field(False, description="vLLM's extension: keep generating past end-of-text, up to "
+                                                "max_tokens (load tests, benchmarks)")
     # Accepted and without effect on the answer (documented).
     metadata: dict[str, StrictStr] | None = None
     service_tier: StrictStr | None = None
@@ -93,7 +95,8 @@ class _Sampling(_Body):
     def params(self, default_max: int, logprobs: int | None):
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return make_params(max_tokens=self.max_tokens or default_max, temperature=self.temperature,
-                           top_p=self.top_p, seed=self.seed, stop=stop, logprobs=logprobs)
+                           top_p=self.top_p, seed=self.seed, stop=stop, logprobs=logprobs,
+                           ignore_eos=self.ignore_eos)
 
 
 class CompletionRequest(_Sampling):
