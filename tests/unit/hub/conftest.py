@@ -49,3 +49,17 @@ def upload_headers(auth: dict, data: bytes, key: str | None = None) -> dict[str,
     if key is not None:
         h["Idempotency-Key"] = key
     return h
+
+
+@pytest.fixture
+def hub(tiny_base, tmp_path, monkeypatch):
+    """(settings, app, client, tokens) of a hub on the tiny base that validates for real, with its
+    worker off (tests run the jobs one at a time), and users alice and bob."""
+    for var in ("QUANTGRID_HUB_CONFIG", "QUANTGRID_HUB_CONFIG_FILE", "QUANTGRID_HUB_RECIPE"):
+        monkeypatch.delenv(var, raising=False)
+    settings = HubSettings.load(storage_dir=tmp_path / "hub", worker_enabled=False, benchmark_size=16,
+                                recipe={"base_model": tiny_base}, max_upload_bytes=8 << 20)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        tokens = {n: {"Authorization": f"Bearer {add_user(app.state.db, n)}"} for n in ("alice", "bob")}
+        yield settings, app, client, tokens

@@ -5,26 +5,10 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import pytest
-from fastapi.testclient import TestClient
 from malicious import generator as g
 
 from quantgrid.adapter import BaseShape, expected_lora_shapes
-from quantgrid.hub.server import create_app, jobs
-from quantgrid.hub.server.auth import add_user
-from quantgrid.hub.settings import HubSettings
-
-
-@pytest.fixture
-def hub(tiny_base, tmp_path, monkeypatch):
-    for var in ("QUANTGRID_HUB_CONFIG", "QUANTGRID_HUB_CONFIG_FILE", "QUANTGRID_HUB_RECIPE"):
-        monkeypatch.delenv(var, raising=False)
-    settings = HubSettings.load(storage_dir=tmp_path / "hub", worker_enabled=False, benchmark_size=16,
-                                recipe={"base_model": tiny_base}, max_upload_bytes=8 << 20)
-    app = create_app(settings)
-    with TestClient(app) as client:
-        tokens = {n: {"Authorization": f"Bearer {add_user(app.state.db, n)}"} for n in ("alice", "bob")}
-        yield settings, app, client, tokens
+from quantgrid.hub.server import jobs
 
 
 def _push(client, auth, data: bytes) -> int:
