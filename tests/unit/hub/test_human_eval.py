@@ -212,6 +212,8 @@ def test_release_page_shows_the_release_grades(client, app, users):
     assert re.search(r"Correctness</th>\s*<td class=\"num\">5.00</td><td class=\"num\">1.00</td><td class=\"num\">100%", page)
     assert re.search(r"Number accuracy</th>\s*<td class=\"num\">3.00</td><td class=\"num\">3.00</td><td class=\"num\">50%", page)
     assert "100% flagged" in page and "0% flagged" in page
+    # ... and in the release notes shown on the page
+    assert "## Human evaluation" in page and "| Correctness | 5.00 | 1.00 | 100% |" in page
     assert client.get("/v1/human-eval").json()["release"]["2026.49"]["win_rate"] == 1.0
 
 

@@ -124,8 +124,13 @@ def test_results_and_the_release_api_carry_the_totals(served, app, client, users
 
     # the release notes over the API: the same totals, null for an ungraded release
     one = client.get("/v1/releases/2026.49").json()
-    assert one["human_eval"] == totals and one["notes"] == "merged 0 adapters"
-    assert client.get("/v1/releases/2026.50").json()["human_eval"] is None
+    assert one["human_eval"] == totals
+    # grades arrive after publishing: the notes gain a section with them where they are read
+    assert one["notes"].startswith("merged 0 adapters\n\n## Human evaluation\n")
+    assert "1 blind grade(s) of 1 answer pair(s)" in one["notes"]
+    assert "| Overall (sum of the four) | 18.00 | 7.00 | 100% |" in one["notes"]
+    ungraded = client.get("/v1/releases/2026.50").json()
+    assert ungraded["human_eval"] is None and ungraded["notes"] == "merged 0 adapters"
     listing = client.get("/v1/releases").json()
     assert {r["version"]: r["human_eval"] for r in listing["items"]} == {"2026.49": totals, "2026.50": None}
     assert listing["current"] == "2026.49"

@@ -367,7 +367,24 @@ def get_one(kind: Kind, target: Target, db: DB, _user: OptionalUser) -> dict[str
 
 
 def with_grades(db: Database, items: Sequence[S.ReleaseOut]) -> list[S.ReleaseOut]:
-    """``items`` with ``human_eval`` set for every release that has grades (one query for all):
-    the release API answers with each release's human-evaluation totals."""
+    """``items`` with ``human_eval`` set, and a human-evaluation section added to the notes,
+    for every release that has grades (one query for all). Grades arrive after a release is
+    published, so its stored notes cannot hold them; they are added where the notes are read."""
     got = summaries(db, "release", [r.version for r in items])
-    return [r.model_copy(update={"human_eval": rounded(got[r.version])}) if r.version in got else r for r in items]
+    return [r.model_copy(update={"human_eval": rounded(got[r.version]),
+                                 "notes": (r.notes or "").rstrip("\n") + "\n\n" + notes_markdown(got[r.version])})
+            if r.version in got else r for r in items]
+
+
+def notes_markdown(summary: dict[str, Any]) -> str:
+    """The release notes' section for a candidate's grading totals (``summaries``' value)."""
+    lines = ["## Human evaluation", "",
+             f"{summary['grades']} blind grade(s) of {summary['pairs']} answer pair(s) on a public benchmark, "
+             "against the base model.", "",
+             "| rubric | this release (mean) | base (mean) | release win rate |", "|---|---|---|---|"]
+    for key, d in summary["dimensions"].items():
+        if key == FLAG:
+            lines.append(f"| {LABELS[key]} | {d['candidate']:.0%} flagged | {d['base']:.0%} flagged | – |")
+        else:
+            lines.append(f"| {LABELS[key]} | {d['candidate']:.2f} | {d['base']:.2f} | {d['win_rate']:.0%} |")
+    return "\n".join(lines) + "\n"

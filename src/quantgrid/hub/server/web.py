@@ -163,7 +163,7 @@ def releases_page(request: Request, db: DB, settings: Settings, user: WebUser) -
         if isinstance(loss, int | float):
             points.append((r.version, settings.round_score(loss)))
     return _page(request, "releases.html", user, releases=listing.items, current=listing.current,
-                 plot=_plot(points), points=points, human=he.summaries(db, "release"), labels=he.LABELS)
+                 plot=_plot(points), points=points, labels=he.LABELS)
 
 
 def _plot(points: list[tuple[str, float]], width: int = 560, height: int = 180, pad: int = 36) -> dict | None:
