@@ -31,6 +31,18 @@ from quantgrid.errors import ConfigError
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
+# The offline tiny bases' own chat templates (quantgrid.ml.tiny sets them on the tokenizers):
+# what the "chat" prompt template renders on those bases. A real base brings its own.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+# Qwen2's ChatML, for the tokenizer without a BOS token.
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 # Messages -> ns.system, ns.history, ns.user (context split off), ns.answer.
 _PARSE = """\
 {%- set ns = namespace(system=[], turns=[], history=[], user=none, answer=none, context=none, question='') -%}

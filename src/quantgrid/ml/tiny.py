@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantgrid.data.chat_template import CHAT_TEMPLATE, CHATML_TEMPLATE
 from quantgrid.errors import ModelError
 
 # Sizes of the offline base. "test" keeps unit tests fast; "demo" is big enough
@@ -27,15 +28,6 @@ TINY_SIZES: dict[str, dict[str, int]] = {
                  num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=2048),
 }
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-# Qwen2's ChatML, for the tokenizer without a BOS token.
-CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 
 # Qwen2's split regex: like Llama 3's, but one digit per piece.

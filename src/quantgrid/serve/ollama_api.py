@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel
 
 import quantgrid
+from quantgrid.data.modelfile import TRAINS_WITH_SYSTEM, Modelfile, go_template, stop_words
 from quantgrid.errors import QuantGridError
 from quantgrid.serve import ollama_types as T
 from quantgrid.serve.catalog import ModelCard, card, cards
@@ -251,13 +252,29 @@ async def show(body: T.OllamaShowRequest = Depends(json_body(T.OllamaShowRequest
     if c.adapter:
         info["quantgrid.adapter"] = c.adapter
         info["quantgrid.adapter_description"] = c.description
-    tok = state.engine.tokenizer
-    template = getattr(tok, "chat_template", None) or ""
-    modelfile = "# served by quantgrid serve\nFROM base\n" + (f"ADAPTER {c.adapter_path}\n" if c.adapter_path else "")
-    params = "\n".join(f"{k} {v}" for k, v in (("temperature", 0.8), ("top_p", 0.9),
-                                                ("num_predict", state.settings.default_max_tokens)))
-    return T.Show(modelfile=modelfile, parameters=params, template=template, details=_details(c), model_info=info,
+    mf = _modelfile(state, c)
+    return T.Show(modelfile="# served by quantgrid serve\n" + mf.render(), parameters="\n".join(mf.parameter_lines()),
+                  template=mf.template or "", system=mf.system or "", details=_details(c), model_info=info,
                   capabilities=["completion", "embedding"], modified_at=c.modified_at)
+
+
+def _modelfile(state: ServeState, c: ModelCard) -> Modelfile:
+    """What ``ollama show`` reports for a served name: the prompt its adapter was trained on
+    (the Go twin of the recipe's template, its system prompt and stop words), as
+    ``quantgrid export ollama`` writes it; for the base, or an adapter that names no recipe
+    template, the chat template it is served with."""
+    tok = state.engine.tokenizer
+    base_template = getattr(tok, "chat_template", None)
+    fmt = state.engine.prompt_format(c.adapter)
+    name = fmt.prompt_template if fmt is not None else None
+    params: dict[str, object] = {"temperature": 0.8, "top_p": 0.9, "num_predict": state.settings.default_max_tokens}
+    if name is not None:
+        params["stop"] = stop_words(name, tok)
+    return Modelfile(from_="base", adapter=str(c.adapter_path) if c.adapter_path else None,
+                     template=(go_template(name, base_template) if name else None)
+                     or (fmt.chat_template if fmt is not None else None) or base_template,
+                     system=fmt.system_prompt if fmt is not None and name in TRAINS_WITH_SYSTEM else None,
+                     parameters=params)
 
 
 @router.get("/api/version", response_model=T.Version)

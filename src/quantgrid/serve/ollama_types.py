@@ -214,6 +214,7 @@ class Show(BaseModel):
     modelfile: str
     parameters: str
     template: str
+    system: str = ""
     details: Details
     model_info: dict[str, Any]
     capabilities: list[str]

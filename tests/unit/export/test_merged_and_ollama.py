@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from quantgrid.data.modelfile import GO_TEMPLATES
 from quantgrid.errors import ExportError
 from quantgrid.export.merged import export_merged
-from quantgrid.export.ollama import GO_TEMPLATES, modelfile_for
+from quantgrid.export.ollama import modelfile_for
 from quantgrid.recipe import Recipe
 
 

@@ -200,3 +200,27 @@ def test_openai_and_ollama_chat_answer_like_peft_on_the_training_prompt(http_ser
         assert chat.usage.prompt_tokens == prompt.shape[1]  # the training prompt's length
         reply = ol.chat(model=f"quantgrid:{name}", messages=messages, options={"temperature": 0, "num_predict": n})
         assert reply.message.content == want, name
+
+
+def test_ollama_show_reports_the_template_each_adapter_was_trained_with(http_server, peft_trained):
+    """`ollama show` (Open WebUI reads it) gives the Go twin of the adapter's training prompt,
+    the system prompt where training used one, and the stop words, as `export ollama` writes them."""
+    import httpx
+    import ollama
+
+    from quantgrid.data.modelfile import GO_TEMPLATES, TRAINS_WITH_SYSTEM
+    from quantgrid.ml.models import CHAT_TEMPLATE
+
+    _, tok = peft_trained
+    assert tok.chat_template == CHAT_TEMPLATE  # so "chat" has a known Go twin on this base
+    ol = ollama.Client(host=http_server)
+    for name, template in TRAINED_SPECS:
+        show = ol.show(f"quantgrid:{name}")
+        assert show.template == GO_TEMPLATES[template], name
+        # the official client has no `system` field; Ollama's own API answers one
+        system = httpx.post(http_server + "/api/show", json={"model": f"quantgrid:{name}"}).json()["system"]
+        assert system == (SYSTEM if template in TRAINS_WITH_SYSTEM else ""), name
+        assert f'stop "{tok.eos_token}"' in show.parameters.splitlines(), name
+        assert f'TEMPLATE """{GO_TEMPLATES[template]}"""' in show.modelfile, name
+    base = ol.show("base")
+    assert base.template == CHAT_TEMPLATE and "stop" not in base.parameters  # the base is served with its own
