@@ -88,6 +88,10 @@ def test_release_endpoints_download_rollback_and_impact(hub, adapter_zips, tmp_p
         same = HR.release_now(settings, db, now=SUNDAY + dt.timedelta(days=1, hours=1), loo=False)
         assert not same.published and same.version == "" and "no new accepted adapter since release 2026.48" \
             in same.reason
+        # each published release queued its answer pairs for blind grading, behind validations
+        with db.read() as s:
+            grading = [(j.payload["target"], j.payload["n"], j.priority) for j in s.query(Job).filter(Job.kind == "human_eval")]
+        assert sorted(grading) == [("2026.47", settings.human_eval_sample, 200), ("2026.48", settings.human_eval_sample, 200)]
 
         listing = client.get("/v1/releases").json()
         assert listing["current"] == "2026.48"

@@ -11,6 +11,7 @@ SubmissionStatus = Literal["queued", "validating", "accepted", "rejected"]
 # The sets human evaluation may sample: public ones only, since graders read the questions.
 HumanEvalBenchmark = Literal["finance-dev", "alpha-bench"]
 HUMAN_EVAL_MAX_SAMPLE = 200
+HUMAN_EVAL_DEFAULT_SAMPLE = 8
 
 # Headers of the upload endpoint (POST /v1/submissions, raw zip body).
 SHA256_HEADER = "X-Content-SHA256"

@@ -21,6 +21,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from quantgrid.errors import ConfigError, ConfigFileError
+from quantgrid.hub.schemas import HUMAN_EVAL_DEFAULT_SAMPLE, HUMAN_EVAL_MAX_SAMPLE
 from quantgrid.recipe import Recipe
 from quantgrid.settings import describe_errors, settings_of
 from quantgrid.utils import load_yaml_mapping
@@ -131,6 +132,8 @@ class HubSettings(BaseSettings):
     release_schedule: str | None = Field("0 3 * * SUN", description='automatic releases: a cron expression in UTC '
                                          '(default "0 3 * * SUN", weekly) or "SUN 03:00"; "off" turns them off; '
                                          "a slot missed while the hub was down runs at startup")
+    human_eval_sample: int = Field(HUMAN_EVAL_DEFAULT_SAMPLE, ge=0, le=HUMAN_EVAL_MAX_SAMPLE, description="answer pairs of each published release queued for "
+                                   "blind human evaluation (a worker job after validations; 0: none)")
 
     @field_validator("release_schedule")
     @classmethod

@@ -235,3 +235,45 @@ def test_nobody_grades_their_own_adapter(client, app, users):
     assert r.headers["location"].endswith("notice=owngrade")
     with app.state.db.read() as s:
         assert s.query(HumanEvalGrade).count() == 0
+
+
+def test_a_published_release_queues_its_pairs_once_and_zero_turns_it_off(app):
+    from quantgrid.hub.server.models import Job
+
+    db = app.state.db
+    with db.write() as s:
+        he.queue_release(s, "2026.49", 0)
+    with db.read() as s:
+        assert s.query(Job).filter_by(kind=he.JOB_KIND).count() == 0
+    for _ in range(2):  # a retried publish does not queue the same sample twice
+        with db.write() as s:
+            he.queue_release(s, "2026.49", 5)
+    with db.read() as s:
+        (job,) = s.query(Job).filter_by(kind=he.JOB_KIND).all()
+    assert job.payload == {"kind": "release", "target": "2026.49", "benchmark": "finance-dev", "n": 5, "seed": 0,
+                           "max_new_tokens": 128}
+    assert job.priority > 100  # behind validations
+
+
+def test_a_release_candidate_is_read_through_its_row(app, settings, tmp_path):
+    """The grading job finds a release where the hub keeps it (a storage_dir that moved since it
+    was published, or object storage), not only at the path recorded when it was built."""
+    from types import SimpleNamespace
+
+    from quantgrid.errors import NotFound
+    from quantgrid.hub.server.releases import release_root
+
+    db = app.state.db
+    with db.write() as s:
+        s.add(Release(version="2026.49", status="published", manifest={"adapters": []}, notes="",
+                      path=str(tmp_path / "moved-away" / "2026.49"), is_current=True, published_at=utcnow()))
+    here = release_root(settings) / "2026.49"
+    here.mkdir(parents=True)
+    (here / "adapter_model.safetensors").write_bytes(b"weights")
+    ctx = SimpleNamespace(settings=settings, db=db)
+    assert he.candidate_dir(ctx, "release", "2026.49", tmp_path) == here
+    (here / "adapter_model.safetensors").unlink()
+    with pytest.raises(NotFound, match="files of release 2026.49 are gone"):
+        he.candidate_dir(ctx, "release", "2026.49", tmp_path)
+    with pytest.raises(NotFound, match="no published release 2026.50"):
+        he.candidate_dir(ctx, "release", "2026.50", tmp_path)

@@ -55,7 +55,8 @@ LABELS = {"clarity": "Clarity", "correctness": "Correctness", "number_accuracy":
 PUBLIC_SETS = typing.get_args(S.HumanEvalBenchmark)
 KINDS = ("adapter", "release")
 JOB_KIND = "human_eval"
-DEFAULT_SAMPLE = 8
+JOB_PRIORITY = 200  # after validations and releases (100): grading can wait, contributors' verdicts not
+DEFAULT_SAMPLE = S.HUMAN_EVAL_DEFAULT_SAMPLE
 MAX_SAMPLE = S.HUMAN_EVAL_MAX_SAMPLE
 
 Kind = Literal["adapter", "release"]
@@ -289,11 +290,14 @@ def candidate_dir(ctx, kind: str, target: str, tmp):
     (read from its zip) next to the hub's adapter config, written under ``tmp``."""
     from pathlib import Path as FsPath
 
-    from quantgrid.hub.server.releases import release_root
-    from quantgrid.merge.release import ReleaseStore
+    from quantgrid.hub.server.releases import published, release_dir
 
     if kind == "release":
-        return ReleaseStore(release_root(ctx.settings)).path(target)
+        # Through the release's row: its archive in object storage, or a moved storage_dir.
+        found = release_dir(ctx.settings, published(ctx.db, target))
+        if found is None:
+            raise NotFound(f"the files of release {target} are gone", hint="hub admin: restore the release directory")
+        return found
     import zipfile
 
     from quantgrid.adapter import WEIGHTS
@@ -305,6 +309,25 @@ def candidate_dir(ctx, kind: str, target: str, tmp):
         name = next(n for n in zf.namelist() if n.rsplit("/", 1)[-1] == WEIGHTS)
         weights = zf.read(name)
     return _write_adapter(FsPath(tmp) / "candidate", weights, ctx.settings.recipe)
+
+
+def generation_job(kind: str, target: str, body: GenerateIn) -> tuple[dict[str, Any], str]:
+    """The worker job's payload and its dedupe key: one job per candidate, benchmark, sample and seed."""
+    return ({"kind": kind, "target": target, **body.model_dump()},
+            f"{JOB_KIND}:{kind}:{target}:{body.benchmark}:{body.n}:{body.seed}")
+
+
+def queue_release(session, version: str, n: int) -> None:
+    """Queue answer pairs of the release being published, inside its transaction, so maintainers
+    find it ready to grade (``n`` = 0: none; the hub setting ``human_eval_sample``)."""
+    from quantgrid.hub.server.jobs import enqueue
+    from quantgrid.hub.server.models import Job
+
+    if n <= 0:
+        return
+    payload, key = generation_job("release", version, GenerateIn(n=n))
+    if session.scalar(select(Job.id).where(Job.dedupe_key == key)) is None:
+        enqueue(session, JOB_KIND, payload, dedupe_key=key, priority=JOB_PRIORITY)
 
 
 def handle_human_eval_job(ctx) -> dict[str, Any]:
@@ -345,9 +368,8 @@ def post_generate(kind: Kind, target: Target, body: GenerateIn, db: DB, _user: A
 
     check_target(db, kind, target)
     _check_benchmark(body.benchmark)
-    payload = {"kind": kind, "target": target, **body.model_dump()}
-    job = enqueue_once(db, JOB_KIND, payload, dedupe_key=f"{JOB_KIND}:{kind}:{target}:{body.benchmark}:{body.n}:{body.seed}")
-    return {"job_id": job}
+    payload, key = generation_job(kind, target, body)
+    return {"job_id": enqueue_once(db, JOB_KIND, payload, dedupe_key=key, priority=JOB_PRIORITY)}
 
 
 @router.get("")

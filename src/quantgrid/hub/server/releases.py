@@ -51,7 +51,7 @@ from quantgrid.errors import NotFound
 from quantgrid.hub import schemas as S
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.deps import OptionalUser, get_blobs, get_db, get_settings
-from quantgrid.hub.server.human_eval import with_grades
+from quantgrid.hub.server.human_eval import queue_release, with_grades
 from quantgrid.hub.server.models import Adapter, Job, Release, User, utcnow
 from quantgrid.hub.server.storage import BlobStore, ReleaseArchives, open_release_archives
 from quantgrid.hub.settings import HubSettings
@@ -183,6 +183,7 @@ def _release_locked(settings, db, store, *, dry_run, method, rank, weighting, lo
             s.add(Release(version=version, status="published", path=where, manifest=manifest,
                           metrics=manifest.get("metrics"), notes=release_notes(manifest), is_current=True,
                           published_at=utcnow()))
+            queue_release(s, version, settings.human_eval_sample)
             # The leaderboard sums impact over a contributor's adapters: split each
             # contributor's leave-one-out impact evenly over their adapters.
             per_user: dict[str, list[int]] = {}
@@ -328,7 +329,7 @@ def _out(r: Release) -> S.ReleaseOut:
     return S.ReleaseOut.model_validate(r)
 
 
-def _published(db: Database, version: str) -> Release:
+def published(db: Database, version: str) -> Release:
     with db.read() as s:
         r = s.scalar(select(Release).where(Release.version == version, Release.status == "published"))
     if r is None:
@@ -359,14 +360,14 @@ def latest(db: DB, _user: OptionalUser) -> S.ReleaseOut:
 
 @router.get("/{version}", response_model=S.ReleaseOut)
 def get_release(version: Version, db: DB, _user: OptionalUser) -> S.ReleaseOut:
-    return with_grades(db, [_out(_published(db, version))])[0]
+    return with_grades(db, [_out(published(db, version))])[0]
 
 
 @router.get("/{version}/download", response_class=FileResponse,
             responses={200: {"content": {"application/zip": {}}, "description": "the release as a zip"}})
 def download(version: Version, db: DB, settings: Settings, blobs: Blobs, _user: OptionalUser):
     """The release's PEFT adapter directory (with release.json and notes) as a zip."""
-    r = _published(db, version)
+    r = published(db, version)
     filename = f"quantgrid-release-{version}.zip"
     if ReleaseArchives.is_ref(r.path):
         archives = open_release_archives(settings, blobs)
