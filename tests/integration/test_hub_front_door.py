@@ -173,3 +173,36 @@ def test_parallel_pushes_past_the_daily_limit_leave_no_orphan_blobs(tmp_path):
                          timeout=10).json()["items"].__len__() == 20
     finally:
         hub.stop()
+
+
+def test_anonymous_traffic_from_the_same_address_does_not_block_a_users_push(tmp_path):
+    """Behind one NAT, anonymous neighbours spend the address's rate limit; a logged-in user's
+    `quantgrid push` sends every request with the token, so it counts against the user's own."""
+    from _hub_process import clean_env, cli
+
+    hub = HubProcess(tmp_path / "storage", args=("--no-worker",), env={"QUANTGRID_HUB_RATE_LIMIT_BURST": "20",
+                                                                       "QUANTGRID_HUB_RATE_LIMIT_PER_MINUTE": "60"})
+    hub.start()
+    try:
+        token = hub.add_user("alice")
+        codes = [httpx.get(f"{hub.url}/v1/leaderboard", timeout=30).status_code for _ in range(40)]
+        assert 429 in codes, codes  # the address is out of budget ...
+        assert httpx.get(f"{hub.url}/v1/health", timeout=30).status_code == 429
+        (tmp_path / "sub.zip").write_bytes(b"PK\x03\x04 validation judges the contents later")
+        env = clean_env(tmp_path / "cfg", QUANTGRID_HUB=hub.url, QUANTGRID_TOKEN=token)
+        pushed = cli(env, "push", str(tmp_path / "sub.zip"))
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr  # ... alice's is not
+        assert "submission" in pushed.stdout.lower()
+    finally:
+        hub.stop()
+
+
+def test_an_oversized_header_block_is_refused_and_the_hub_goes_on(hub):
+    """Headers are bounded (64 KiB): a 1 MB header line is a 400, and the hub stays healthy."""
+    with socket.create_connection(("127.0.0.1", hub.port), timeout=30) as s:
+        try:
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n")
+        except OSError:  # the hub may hang up before it has read everything
+            pass
+        assert s.recv(200).startswith(b"HTTP/1.1 400")
+    assert httpx.get(f"{hub.url}/v1/health", headers={"X-Real": "a" * 8000}, timeout=30).status_code == 200

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -263,3 +264,58 @@ def test_ignore_eos_generates_exactly_max_tokens(front):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["usage"]["completion_tokens"] == 40 and body["choices"][0]["finish_reason"] == "length"
+
+
+def _send_raw(url: str, request: bytes) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        try:
+            s.sendall(request)
+        except OSError:  # the server may hang up before it has read everything
+            pass
+        return s.recv(200)
+
+
+def test_an_oversized_header_block_is_refused_and_the_server_goes_on(upstream_url):
+    """`quantgrid serve` bounds a request's headers (64 KiB): a 1 MB header line is a 400, not
+    a megabyte held per connection, and the next request is served."""
+    big = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
+    assert _send_raw(upstream_url, big).startswith(b"HTTP/1.1 400")
+    ok = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Real: " + b"a" * 8000 + b"\r\nConnection: close\r\n\r\n"
+    assert _send_raw(upstream_url, ok).startswith(b"HTTP/1.1 200")
+
+
+def test_clients_that_leave_early_leave_no_error_behind(front, caplog):
+    """Every way of leaving early (non-streaming, streaming with n=2, half a body) cancels the
+    rows quietly: no "unhandled error", no ASGI traceback, nothing counted as a server error."""
+    import logging
+
+    engine = front.app.state.qg.engine
+    asgi_log = logging.getLogger("uvicorn.error")  # uvicorn's own logger does not propagate
+    asgi_log.addHandler(caplog.handler)
+    before = engine.stats.requests_cancelled
+    body = {"model": "quantgrid:crypto", "prompt": "bitcoin", "max_tokens": 1000, "temperature": 0,
+            "ignore_eos": True}
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(front.url + "/v1/completions", json=body, timeout=httpx.Timeout(60, read=0.5))
+        with httpx.stream("POST", front.url + "/v1/completions", timeout=60,
+                          json={**body, "stream": True, "n": 2, "seed": 1}) as r:
+            next(ln for ln in r.iter_lines() if ln.startswith("data: {"))
+        raw = json.dumps({"model": "quantgrid:crypto", "prompt": "x" * 2000}).encode()
+        host, port = front.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(raw) + raw[:1000])
+            time.sleep(0.5)
+        deadline = time.time() + 30
+        while (engine.n_active or engine.stats.requests_cancelled < before + 3) and time.time() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # let the handlers of the half-sent request finish logging, if they would
+    finally:
+        asgi_log.removeHandler(caplog.handler)
+    assert engine.n_active == 0 and engine.stats.requests_cancelled == before + 3  # one row + the two choices
+    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+    metrics = httpx.get(front.url + "/metrics").text
+    assert not re.search(r'quantgrid_request_errors_total\{[^}]*status="5', metrics)  # no 5xx counted

@@ -1,4 +1,4 @@
-"""What every CLI module shares: consoles and error printing.
+"""What every CLI module shares: consoles, error printing, and how the servers listen.
 
 User text (paths, names, messages that quote them) is escaped before Rich renders it, so a
 path like ``data[/red].jsonl`` prints as itself instead of breaking the markup.
@@ -61,3 +61,16 @@ def input_error(e: Exception) -> QuantGridError | None:
                               hint="train, export or download the adapter again; `quantgrid check DIR` "
                                    "lists an adapter's files")
     return None
+
+
+# A request's header block is held in memory until it ends. uvicorn's default parser
+# (httptools) sets no bound, so one client could make a server hold megabytes per connection;
+# h11 with this cap answers 400 past it. 64 KiB is well above any real client's headers.
+MAX_HEADER_BYTES = 64 * 1024
+
+
+def run_server(app, **kw) -> None:
+    """``uvicorn.run`` for ``quantgrid serve`` and ``quantgrid hub serve``, with bounded headers."""
+    import uvicorn
+
+    uvicorn.run(app, http="h11", h11_max_incomplete_event_size=MAX_HEADER_BYTES, **kw)

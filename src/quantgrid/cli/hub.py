@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from rich.markup import escape
 from rich.table import Table
 
-from quantgrid.cli._common import console, err_console
+from quantgrid.cli._common import console, err_console, run_server
 from quantgrid.cli.options import Flags, settings_command
 from quantgrid.hub.settings import HubSettings
 from quantgrid.settings import settings_of
@@ -76,8 +76,6 @@ def _open_db(settings):
 @settings_command(HUB_FLAGS)
 def serve(**given: Any) -> None:
     """Run the hub's HTTP API (OpenAPI docs at /docs) until Ctrl-C."""
-    import uvicorn
-
     from quantgrid.hub.server import create_app
 
     settings = load_hub(**given)
@@ -86,8 +84,8 @@ def serve(**given: Any) -> None:
     err_console.print(f"hub: recipe {settings.recipe.hash()} (base {settings.recipe.base_model}), "
                       f"db {settings.database_url}, worker {'on' if settings.worker_enabled else 'off'}",
                       highlight=False, markup=False)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                timeout_graceful_shutdown=5)
+    run_server(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+               timeout_graceful_shutdown=5)
 
 
 # ---- hub user ... ----

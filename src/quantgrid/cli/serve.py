@@ -39,9 +39,7 @@ def serve(**given: Any) -> None:
     """
     settings = serve_settings(**given)
 
-    import uvicorn
-
-    from quantgrid.cli._common import console
+    from quantgrid.cli._common import console, run_server
     from quantgrid.serve.app import create_app
 
     with console.status("loading the base model and adapters..."):
@@ -54,7 +52,7 @@ def serve(**given: Any) -> None:
     if st.upstreams.upstreams:
         console.print("fallback: " + " -> ".join(u.name for u in st.upstreams.upstreams), highlight=False,
                       markup=False)
-    uvicorn.run(app, host=settings.host, port=port, log_level=settings.log_level)
+    run_server(app, host=settings.host, port=port, log_level=settings.log_level)
 
 
 def register(app: typer.Typer) -> None:

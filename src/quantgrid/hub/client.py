@@ -190,8 +190,10 @@ class HubClient:
         return model.model_validate(self._request("GET", path, auth=auth, params=params).json())
 
     # ---- endpoints ----
-    def health(self) -> S.Health:
-        return self._get("/v1/health", S.Health)
+    def health(self, *, auth: bool = False) -> S.Health:
+        """``auth``: send the token, so the request counts against this user's rate limit
+        rather than the address's (which anonymous neighbours behind the same NAT share)."""
+        return self._get("/v1/health", S.Health, auth=auth)
 
     def get_recipe(self) -> Recipe:
         """The hub's recipe, checked against its published hash."""
@@ -227,13 +229,13 @@ class HubClient:
         if not path.is_file():
             raise ConfigError(f"no such file: {path}", hint="push the zip printed by `quantgrid package`")
         size = path.stat().st_size
-        limit = self.health().max_upload_bytes
-        if size > limit:
-            raise PayloadTooLarge(f"{path.name} is {size} bytes; the hub accepts at most {limit}",
-                                  hint="a submission zip holds only the LoRA adapter; package it again")
         # The hub refuses a bad token at the headers and hangs up without reading the body; asking
         # first turns that into a clear 401 here instead of a broken pipe halfway through the upload.
         self.whoami()
+        limit = self.health(auth=True).max_upload_bytes
+        if size > limit:
+            raise PayloadTooLarge(f"{path.name} is {size} bytes; the hub accepts at most {limit}",
+                                  hint="a submission zip holds only the LoRA adapter; package it again")
         sha256 = sha256 or sha256_file(path)
         key = idempotency_key or uuid.uuid4().hex
         # Header values must be ASCII; the name is only a label, so replace anything else.

@@ -19,14 +19,16 @@ from typing import Any, TypeVar
 import pydantic
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from quantgrid.errors import ConfigError, NotFound, PayloadTooLarge, QuantGridError
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=pydantic.BaseModel)
 MAX_BODY_BYTES = 16 * 1024 * 1024
+CLIENT_CLOSED = 499  # nginx's "client closed request": logged, never received
 
 
 class UnsupportedParameter(ConfigError):
@@ -104,6 +106,12 @@ def install_error_handlers(app: FastAPI) -> None:
             return error_response(request, 405, msg, "method_not_allowed")
         return error_response(request, exc.status_code, str(exc.detail), None, None, None,
                               dict(exc.headers or {}) or None)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect):
+        # The client left before its body arrived: nothing to answer, nothing went wrong here.
+        log.debug("client left during the body of %s", request.url.path)
+        return Response(status_code=CLIENT_CLOSED)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):

@@ -202,10 +202,16 @@ async def merge(gens: list[Generation]) -> AsyncIterator[tuple[int, Event]]:
                 continue
             yield i, ev
     finally:
-        for t in tasks:
-            t.cancel()
+        await cancel_and_wait(tasks)  # a generator can be closed only once nothing iterates it
         for g in gens:
             await g.events.aclose()
+
+
+async def cancel_and_wait(tasks: list[asyncio.Future]) -> None:
+    """Cancel ``tasks`` and wait until they have stopped (their results and errors dropped)."""
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def make_params(**kw: Any):

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
 
 from quantgrid.errors import NotFound
 from quantgrid.serve import openai_types as T
@@ -31,6 +32,7 @@ from quantgrid.serve.generation import (
     Collected,
     Generation,
     ServeState,
+    cancel_and_wait,
     collect,
     merge,
     observe,
@@ -117,11 +119,9 @@ async def collect_all(request: Request, gens: list[Generation]) -> list[Collecte
             if done:
                 return task.result()
             if await request.is_disconnected():
-                task.cancel()
-                raise asyncio.CancelledError("client disconnected")
+                raise ClientDisconnect  # answered quietly (errors.py): nobody is there to read it
     finally:
-        if not task.done():
-            task.cancel()
+        await cancel_and_wait([task])  # a generator can be closed only once nothing iterates it
         for g in gens:
             await g.events.aclose()
 
