@@ -83,6 +83,15 @@ class Tally:
         lines += [f"{k:<{width}}  {str(s):>6}  {n:>5}" for (k, s), n in items]
         return "\n".join(lines)
 
+    def check(self, title: str, extra: str = "") -> str:
+        """Print the table (and ``extra``); fail on any broken expectation and on any 5xx."""
+        table = self.table(title)
+        print("\n" + table + ("\n" + extra if extra else ""))
+        assert not self.failures, "\n".join(self.failures[:30]) + "\n" + table
+        by_status = _sum_by_status(self.counts)
+        assert not [s for s in by_status if isinstance(s, int) and s >= 500], by_status
+        return table
+
 
 def _sum_by_status(counts: Counter) -> Counter:
     out: Counter = Counter()
@@ -586,13 +595,9 @@ def test_serve_soak(tiny_base, serve_adapters, tmp_path):
             final = _drained(http)
     finally:
         srv.stop()
-    table = tally.table(f"quantgrid serve soak, {elapsed:.0f} s of traffic")
-    print("\n" + table)
-    print(f"streams cut after their first token: {len(started)}, rows cancelled: {cancelled:.0f}, "
-          f"engine failures: {failed:.0f}, final engine: {final['engine']}")
-    assert not tally.failures, "\n".join(tally.failures[:30]) + "\n" + table
-    by_status = _sum_by_status(tally.counts)
-    assert not [s for s in by_status if isinstance(s, int) and s >= 500], by_status
+    table = tally.check(f"quantgrid serve soak, {elapsed:.0f} s of traffic",
+                        f"streams cut after their first token: {len(started)}, rows cancelled: {cancelled:.0f}, "
+                        f"engine failures: {failed:.0f}, final engine: {final['engine']}")
     assert tally.count("health", 200) >= 3 and tally.count("hostile tiny-temperature (greedy)") >= 1, table
     assert sum(tally.count(f"honest {r}") for r in ROUTES) >= 8, table
     assert failed == 0 and not errors_5xx, (failed, errors_5xx)
@@ -1048,13 +1053,10 @@ def test_hub_soak(honest_zips, tmp_path):
     finally:
         db.dispose()
         hub.stop()
-    table = tally.table(f"quantgrid hub serve soak, {elapsed:.0f} s of traffic")
-    print("\n" + table)
-    print(f"submissions: {len(sub_rows)} ({sum(len(accepted[u]) for u in ('h0', 'h1', 'h2', 'hcli'))} honest), "
-          f"blobs: {len(files)}, junk statuses: {Counter(junk_statuses)}, flood: {Counter(flood_seen)}")
-    assert not tally.failures, "\n".join(tally.failures[:30]) + "\n" + table
-    by_status = _sum_by_status(tally.counts)
-    assert not [s for s in by_status if isinstance(s, int) and s >= 500], by_status
+    table = tally.check(f"quantgrid hub serve soak, {elapsed:.0f} s of traffic",
+                        f"submissions: {len(sub_rows)} ({sum(len(accepted[u]) for u in ('h0', 'h1', 'h2', 'hcli'))} "
+                        f"honest), blobs: {len(files)}, junk statuses: {Counter(junk_statuses)}, "
+                        f"flood: {Counter(flood_seen)}")
     # Sent one at a time, exactly the daily limit of the junk got in, then 429 for the rest.
     assert junk_statuses == [201] * min(len(junk_statuses), DAILY) + [429] * max(0, len(junk_statuses) - DAILY)
     assert 429 in flood_seen, "a client far past the rate limit was never throttled"
