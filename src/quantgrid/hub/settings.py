@@ -132,8 +132,9 @@ class HubSettings(BaseSettings):
     release_schedule: str | None = Field("0 3 * * SUN", description='automatic releases: a cron expression in UTC '
                                          '(default "0 3 * * SUN", weekly) or "SUN 03:00"; "off" turns them off; '
                                          "a slot missed while the hub was down runs at startup")
-    human_eval_sample: int = Field(HUMAN_EVAL_DEFAULT_SAMPLE, ge=0, le=HUMAN_EVAL_MAX_SAMPLE, description="answer pairs of each published release queued for "
-                                   "blind human evaluation (a worker job after validations; 0: none)")
+    human_eval_sample: int = Field(HUMAN_EVAL_DEFAULT_SAMPLE, ge=0, le=HUMAN_EVAL_MAX_SAMPLE,
+                                   description="answer pairs of each published release queued for blind human "
+                                   "evaluation (a worker job after validations; 0: none)")
 
     @field_validator("release_schedule")
     @classmethod
