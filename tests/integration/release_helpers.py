@@ -1,7 +1,8 @@
 """Real adapters for release tests: a few optimizer steps of PEFT LoRA on the tiny base.
 
 The tiny base is random-init, so a few dozen steps on finance Q&A lower its finance loss
-clearly: a genuinely helpful adapter, made in about a second.
+clearly: a genuinely helpful adapter, made in about a second. ``accept`` puts one in a hub's
+database and blob store as validation would leave it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 import torch
 
 from quantgrid.data.finance import general_ood, generate
+from quantgrid.hub.server.auth import add_user
+from quantgrid.hub.server.models import Adapter, Blob, Submission, User
 from quantgrid.recipe import Recipe
 
 
@@ -77,3 +80,23 @@ def submission_zips(dirs: dict[str, Path]) -> dict[str, bytes]:
                 zf.write(d / f, f)
         zips[name] = buf.getvalue()
     return zips
+
+
+def accept(hub, user: str, data: bytes) -> int:
+    """Put an accepted adapter in the hub the way validation leaves it: blob, submission, adapter row."""
+    db, blobs = hub["db"], hub["app"].state.blobs
+    with db.read() as s:
+        uid = s.query(User.id).filter(User.name == user).scalar()
+    if uid is None:
+        add_user(db, user)
+        with db.read() as s:
+            uid = s.query(User.id).filter(User.name == user).scalar()
+    sha = blobs.put_bytes(data)
+    with db.write() as s:
+        if s.get(Blob, sha) is None:
+            s.add(Blob(sha256=sha, size_bytes=len(data)))
+        sub = Submission(user_id=uid, blob_sha256=sha, filename="x.zip", size_bytes=len(data), status="accepted")
+        s.add(sub)
+        s.flush()
+        s.add(Adapter(id=sub.id, user_id=uid, blob_sha256=sha, score=0.1))
+        return sub.id

@@ -10,7 +10,7 @@ import io
 import zipfile
 
 import pytest
-from release_helpers import release_recipe, submission_zips, train_adapters
+from release_helpers import accept, release_recipe, submission_zips, train_adapters
 
 pytest.importorskip("s3fs")
 pytest.importorskip("fastapi")
@@ -22,9 +22,8 @@ from sqlalchemy import select  # noqa: E402
 
 from quantgrid.hub.server import create_app  # noqa: E402
 from quantgrid.hub.server import releases as HR  # noqa: E402
-from quantgrid.hub.server.auth import add_user  # noqa: E402
 from quantgrid.hub.server.gc import collect  # noqa: E402
-from quantgrid.hub.server.models import Adapter, Blob, Release, Submission, User  # noqa: E402
+from quantgrid.hub.server.models import Release  # noqa: E402
 from quantgrid.hub.server.storage import ReleaseArchives, open_release_archives  # noqa: E402
 from quantgrid.hub.settings import HubSettings  # noqa: E402
 
@@ -61,21 +60,6 @@ def s3_hub(tiny_base, tmp_path, monkeypatch, s3_endpoint):  # noqa: F811 (fixtur
     return {"settings": settings, "other": other, "app": app, "db": app.state.db}
 
 
-def _accept(hub, user: str, data: bytes) -> int:
-    db, blobs = hub["db"], hub["app"].state.blobs
-    add_user(db, user)
-    with db.read() as s:
-        uid = s.scalar(select(User.id).where(User.name == user))
-    sha = blobs.put_bytes(data)
-    with db.write() as s:
-        s.add(Blob(sha256=sha, size_bytes=len(data)))
-        sub = Submission(user_id=uid, blob_sha256=sha, filename="x.zip", size_bytes=len(data), status="accepted")
-        s.add(sub)
-        s.flush()
-        s.add(Adapter(id=sub.id, user_id=uid, blob_sha256=sha, score=0.1))
-        return sub.id
-
-
 class _DiesAtCommit:
     """The hub's database, but the process dies when the release's transaction would start."""
 
@@ -101,8 +85,8 @@ def test_releases_live_in_s3_whole_served_deployed_and_collected(s3_hub, adapter
     settings, db = s3_hub["settings"], s3_hub["db"]
     archives = open_release_archives(settings)
     assert archives is not None
-    _accept(s3_hub, "alice", adapter_zips["a"])
-    _accept(s3_hub, "bob", adapter_zips["b"])
+    accept(s3_hub, "alice", adapter_zips["a"])
+    accept(s3_hub, "bob", adapter_zips["b"])
 
     # A crash after the archive reached S3, before the database named it.
     with pytest.raises(Killed):

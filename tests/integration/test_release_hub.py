@@ -11,7 +11,7 @@ import time
 import zipfile
 
 import pytest
-from release_helpers import release_recipe, submission_zips, train_adapters
+from release_helpers import accept, release_recipe, submission_zips, train_adapters
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
@@ -19,8 +19,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from quantgrid.hub.server import create_app  # noqa: E402
 from quantgrid.hub.server import releases as HR  # noqa: E402
-from quantgrid.hub.server.auth import add_user  # noqa: E402
-from quantgrid.hub.server.models import Adapter, Blob, Job, Submission, User  # noqa: E402
+from quantgrid.hub.server.models import Adapter, Job  # noqa: E402
 from quantgrid.hub.settings import HubSettings  # noqa: E402
 
 SUNDAY = dt.datetime(2026, 11, 22, 3, 0, tzinfo=dt.timezone.utc)
@@ -45,26 +44,6 @@ def hub(tiny_base, tmp_path, monkeypatch):
                                 benchmark_size=24, ood_tolerance=5.0)
     app = create_app(settings)
     return {"settings": settings, "app": app, "db": app.state.db, "recipe_file": recipe_file}
-
-
-def accept(hub, user: str, data: bytes) -> int:
-    """Put an accepted adapter in the hub the way validation leaves it: blob, submission, adapter row."""
-    db, blobs = hub["db"], hub["app"].state.blobs
-    with db.read() as s:
-        uid = s.query(User.id).filter(User.name == user).scalar()
-    if uid is None:
-        add_user(db, user)
-        with db.read() as s:
-            uid = s.query(User.id).filter(User.name == user).scalar()
-    sha = blobs.put_bytes(data)
-    with db.write() as s:
-        if s.get(Blob, sha) is None:
-            s.add(Blob(sha256=sha, size_bytes=len(data)))
-        sub = Submission(user_id=uid, blob_sha256=sha, filename="x.zip", size_bytes=len(data), status="accepted")
-        s.add(sub)
-        s.flush()
-        s.add(Adapter(id=sub.id, user_id=uid, blob_sha256=sha, score=0.1))
-        return sub.id
 
 
 def test_release_endpoints_download_rollback_and_impact(hub, adapter_zips, tmp_path):
