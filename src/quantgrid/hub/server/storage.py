@@ -283,16 +283,21 @@ class FsspecBlobStore(BlobStore):
         return True
 
     def iter_blobs(self) -> Iterator[tuple[str, float]]:
-        with _storage_errors("listing the blob store"):
-            self.fs.invalidate_cache()
-            try:
-                found = self.fs.find(f"{self.prefix}/sha256", detail=True)
-            except FileNotFoundError:
-                return
-        for key, info in found.items():
+        for key, info in _listing(self.fs, f"{self.prefix}/sha256", "listing the blob store").items():
             name = key.rsplit("/", 1)[-1]
             if SHA_RE.match(name):
                 yield name, _mtime(info)
+
+
+def _listing(fs, path: str, what: str) -> dict[str, dict]:
+    """Every object under ``path`` (key -> info), read fresh: s3fs caches listings, and gc must
+    not act on a stale one. Empty when nothing was ever written there."""
+    with _storage_errors(what):
+        fs.invalidate_cache()
+        try:
+            return fs.find(path, detail=True)
+        except FileNotFoundError:
+            return {}
 
 
 def _mtime(info: dict) -> float:
@@ -467,13 +472,7 @@ class ReleaseArchives:
     # ---- garbage collection
     def iter_objects(self) -> Iterator[tuple[str, float]]:
         """(key, modification time) of every release archive and upload temp object."""
-        with _storage_errors("listing the release store"):
-            self.fs.invalidate_cache()
-            try:
-                found = self.fs.find(f"{self.prefix}/{RELEASE_PREFIX}", detail=True)
-            except FileNotFoundError:
-                return
-        for key, info in found.items():
+        for key, info in _listing(self.fs, f"{self.prefix}/{RELEASE_PREFIX}", "listing the release store").items():
             yield key, _mtime(info)
 
     def delete_key(self, key: str) -> None:
