@@ -185,10 +185,13 @@ def next_item(db: Database, user: Principal, kind: str, target: str) -> tuple[Hu
 def own_candidate(db: Database, user: Principal, kind: str, target: str) -> bool:
     """True if ``target`` is ``user``'s own adapter: its author knows its style, so their grades
     would not be blind."""
-    if kind != "adapter" or not target.isdigit():
-        return False
     with db.read() as s:
-        return s.scalar(select(Adapter.user_id).where(Adapter.id == int(target))) == user.id
+        return _is_own(s, user, kind, target)
+
+
+def _is_own(session, user: Principal, kind: str, target: str) -> bool:
+    return kind == "adapter" and target.isdigit() and \
+        session.scalar(select(Adapter.user_id).where(Adapter.id == int(target))) == user.id
 
 
 def record_grade(db: Database, user: Principal, item_id: int, a: Grade, b: Grade) -> HumanEvalItem:
@@ -198,8 +201,7 @@ def record_grade(db: Database, user: Principal, item_id: int, a: Grade, b: Grade
         item = s.get(HumanEvalItem, item_id)
         if item is None:
             raise NotFound(f"no human-evaluation item {item_id}")
-        if item.target_kind == "adapter" and s.scalar(
-                select(Adapter.user_id).where(Adapter.id == int(item.target))) == user.id:
+        if _is_own(s, user, item.target_kind, item.target):
             raise PermissionDenied("you cannot grade your own adapter", hint="another maintainer can")
         cand, base = (a, b) if item.candidate_first else (b, a)
         scores = {"candidate": cand.model_dump(), "base": base.model_dump()}
