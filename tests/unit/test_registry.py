@@ -90,3 +90,29 @@ def test_the_hub_builds_the_registry_from_accepted_adapters(tmp_path):
     assert [(a.name, a.version, a.release, a.author) for a in reg.adapters] == [
         ("sec-filings", 1, "2026.48", "ada"), ("sec-filings", 2, None, "ada")]
     assert reg.adapters[1].scores.hidden_loss == pytest.approx(1.8) and reg.source == "hub"
+
+
+def test_manifest_fields_are_cached_per_blob_but_a_failed_read_is_not(tmp_path):
+    """Blobs never change, so a zip's manifest is read once; a read the store failed is tried again."""
+    import io
+
+    from quantgrid.hub.server.registry import _manifest_fields
+    from quantgrid.hub.server.storage import BlobStore
+
+    class Flaky(BlobStore):
+        opens = 0
+
+        def open(self, sha256):
+            self.opens += 1
+            if self.opens == 1:
+                raise OSError("connection reset")
+            return super().open(sha256)
+
+    blobs = Flaky(tmp_path / "blobs")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("quantgrid.json", json.dumps({"name": "sec-filings", "base_model": {"name": "tiny"}}))
+    sha = blobs.put_bytes(buf.getvalue())
+    assert _manifest_fields(blobs, sha) == (None, None, None)  # the store failed
+    assert _manifest_fields(blobs, sha) == ("sec-filings", None, "tiny")  # read again, not a cached failure
+    assert _manifest_fields(blobs, sha) == ("sec-filings", None, "tiny") and blobs.opens == 2  # then cached

@@ -28,16 +28,23 @@ DB = Annotated[Database, Depends(get_db)]
 Blobs = Annotated[BlobStore, Depends(get_blobs)]
 
 
-@functools.lru_cache(maxsize=4096)
 def _manifest_fields(blobs: BlobStore, sha256: str) -> tuple[str | None, str | None, str | None]:
     """(name, improves, base name) from an accepted zip's quantgrid.json; Nones when unreadable."""
+    try:
+        return _cached_manifest_fields(blobs, sha256)
+    except OSError:  # the store failed this time: not cached, the next build reads it again
+        return None, None, None
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_manifest_fields(blobs: BlobStore, sha256: str) -> tuple[str | None, str | None, str | None]:
     try:
         with blobs.open(sha256) as f, zipfile.ZipFile(f) as zf:
             info = zf.getinfo("quantgrid.json")
             if info.file_size > 1 << 20:
                 return None, None, None
             m: dict[str, Any] = json.loads(zf.read(info))
-    except (KeyError, OSError, ValueError, zipfile.BadZipFile):
+    except (KeyError, ValueError, zipfile.BadZipFile):  # the zip itself: the same bytes always fail
         return None, None, None
     base = (m.get("base_model") or {}).get("name") if isinstance(m.get("base_model"), dict) else None
     return m.get("name"), m.get("improves"), base
