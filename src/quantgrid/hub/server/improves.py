@@ -9,36 +9,26 @@ model is loaded, instead of accepting an adapter whose version claim points at n
 from __future__ import annotations
 
 import io
-import json
-import zipfile
-from typing import Any
 
 from quantgrid.hub.server.db import Database
+from quantgrid.hub.server.registry import build_registry, zip_manifest
 from quantgrid.hub.server.storage import BlobStore
-
-MAX_MANIFEST_BYTES = 1 << 20
 
 
 def declared_improves(data: bytes) -> str | None:
     """The ``improves`` of a submission zip's quantgrid.json (None when absent or unreadable:
     the static checks reject unreadable archives with their own reason)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            info = zf.getinfo("quantgrid.json")
-            if info.file_size > MAX_MANIFEST_BYTES:
-                return None
-            m: Any = json.loads(zf.read(info))
-    except (KeyError, OSError, ValueError, zipfile.BadZipFile, RuntimeError):
+        m = zip_manifest(io.BytesIO(data))
+    except OSError:
         return None
-    v = m.get("improves") if isinstance(m, dict) else None
+    v = m.get("improves") if m is not None else None
     return v if isinstance(v, str) and v else None
 
 
 def improves_check(db: Database, blobs: BlobStore, data: bytes, *, exclude_id: int | None = None) -> dict | None:
     """The rejection report if the submission names an adapter it improves that the registry
     does not hold; None when it names none or an existing one."""
-    from quantgrid.hub.server.registry import build_registry
-
     target = declared_improves(data)
     if target is None:
         return None

@@ -11,21 +11,38 @@ from __future__ import annotations
 import functools
 import json
 import zipfile
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import PlainTextResponse
 from sqlalchemy import select
 
+from quantgrid.adapter import MANIFEST
 from quantgrid.hub.server.db import Database
 from quantgrid.hub.server.deps import OptionalUser, get_blobs, get_db
 from quantgrid.hub.server.models import Adapter, Release, User
 from quantgrid.hub.server.storage import BlobStore
 from quantgrid.registry import Accepted, Registry, Scores, assign_versions
 
+MAX_MANIFEST_BYTES = 1 << 20
 router = APIRouter(prefix="/v1", tags=["registry"])
 DB = Annotated[Database, Depends(get_db)]
 Blobs = Annotated[BlobStore, Depends(get_blobs)]
+
+
+def zip_manifest(f: BinaryIO) -> dict[str, Any] | None:
+    """A submission zip's quantgrid.json (``f`` a binary file), or None when it has none, it is
+    over MAX_MANIFEST_BYTES or not a JSON object, or the zip is unreadable; OSError from ``f``
+    itself passes through."""
+    try:
+        with zipfile.ZipFile(f) as zf:
+            info = zf.getinfo(MANIFEST)
+            if info.file_size > MAX_MANIFEST_BYTES:
+                return None
+            m = json.loads(zf.read(info))
+    except (KeyError, ValueError, zipfile.BadZipFile, RuntimeError):  # RuntimeError: an encrypted entry
+        return None
+    return m if isinstance(m, dict) else None
 
 
 def _manifest_fields(blobs: BlobStore, sha256: str) -> tuple[str | None, str | None, str | None]:
@@ -38,13 +55,9 @@ def _manifest_fields(blobs: BlobStore, sha256: str) -> tuple[str | None, str | N
 
 @functools.lru_cache(maxsize=4096)
 def _cached_manifest_fields(blobs: BlobStore, sha256: str) -> tuple[str | None, str | None, str | None]:
-    try:
-        with blobs.open(sha256) as f, zipfile.ZipFile(f) as zf:
-            info = zf.getinfo("quantgrid.json")
-            if info.file_size > 1 << 20:
-                return None, None, None
-            m: dict[str, Any] = json.loads(zf.read(info))
-    except (KeyError, ValueError, zipfile.BadZipFile):  # the zip itself: the same bytes always fail
+    with blobs.open(sha256) as f:
+        m = zip_manifest(f)
+    if m is None:  # the zip itself: the same bytes always give None
         return None, None, None
     base = (m.get("base_model") or {}).get("name") if isinstance(m.get("base_model"), dict) else None
     return m.get("name"), m.get("improves"), base
